@@ -1,0 +1,169 @@
+"""Faults a person or a test injects into the lab, each one a documented incident:
+`etcdbot-lab fault KIND [TARGET]`, undone by `etcdbot-lab heal [TARGET]`.
+
+Faults act on the real parts: a killed etcd is a dead process, lost quorum is a majority of
+members down, a stopped machine has no SSH and no containers. Nothing is faked in the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from lab.apiserver.storage import NotFound
+
+if TYPE_CHECKING:
+    from lab.daemon import Host, LabDaemon
+
+NODE_FAULTS = ("stop-machine", "node-notready", "crashloop-etcd", "kill-etcd", "drop-ssh", "slow-etcd")
+CLUSTER_FAULTS = ("lose-quorum", "delete-object", "expire-certs", "api-down")
+KINDS = NODE_FAULTS + CLUSTER_FAULTS
+
+
+class FaultError(Exception):
+    """Bad fault request: unknown kind, unknown node, missing target."""
+
+
+def _state(daemon: LabDaemon) -> list[tuple[str, str]]:
+    if not hasattr(daemon, "_faults"):
+        daemon._faults = []  # type: ignore[attr-defined]
+    return daemon._faults  # type: ignore[attr-defined]
+
+
+def active(daemon: LabDaemon) -> list[str]:
+    return [f"{kind} {target}".strip() for kind, target in _state(daemon)]
+
+
+def _host(daemon: LabDaemon, target: Any) -> Host:
+    if not target:
+        raise FaultError("this fault needs a node: etcdbot-lab fault KIND NODE")
+    host = daemon.hosts.get(str(target))
+    if host is None:
+        raise FaultError(f"unknown node {target!r}; masters: {', '.join(daemon.hosts)}")
+    return host
+
+
+def _etcd_pid(host: Host) -> int | None:
+    for pod in host.kubelet.pods.values():
+        container = pod.containers.get("etcd")
+        if container is not None and container.process is not None and container.process.returncode is None:
+            return container.process.pid
+    return None
+
+
+async def apply(daemon: LabDaemon, kind: str, target: Any) -> str:
+    if kind not in KINDS:
+        raise FaultError(f"unknown fault {kind!r}; known: {', '.join(KINDS)}")
+    if kind in NODE_FAULTS:
+        host = _host(daemon, target)
+        message = await _apply_node(daemon, kind, host)
+        _state(daemon).append((kind, host.node))
+    else:
+        message = await _apply_cluster(daemon, kind, target)
+        _state(daemon).append((kind, str(target or "")))
+    daemon.poke()
+    daemon.log(f"fault {kind} {target or ''}: {message}")
+    return message
+
+
+async def _apply_node(daemon: LabDaemon, kind: str, host: Host) -> str:
+    kubelet = host.kubelet
+    if kind == "stop-machine":
+        await daemon.power_off(host, instance_state="stopped")
+        return f"machine {host.master.machine} stopped: {host.node} is powered off"
+    if kind == "node-notready":
+        kubelet.frozen = True
+        kubelet.held.add("etcd")
+        kubelet.poke()
+        await host.ssh.stop()
+        return f"{host.node} is unreachable: kubelet stopped posting status, etcd and SSH cut off"
+    if kind == "kill-etcd":
+        kubelet.held.add("etcd")
+        kubelet.poke()
+        return f"etcd on {host.node} killed and kept down"
+    if kind == "crashloop-etcd":
+        kubelet.crashloop.add("etcd")
+        await kubelet.restart_container("etcd")
+        return f"etcd on {host.node} now crashes at every start (CrashLoopBackOff)"
+    if kind == "drop-ssh":
+        host.ssh.drop_connections()
+        return f"SSH connections to {host.node} dropped"
+    if kind == "slow-etcd":
+        pid = _etcd_pid(host)
+        if pid is None:
+            raise FaultError(f"etcd is not running on {host.node}")
+        os.kill(pid, signal.SIGSTOP)
+        return f"etcd on {host.node} frozen (SIGSTOP): it accepts connections and never answers"
+    raise FaultError(kind)
+
+
+async def _apply_cluster(daemon: LabDaemon, kind: str, target: Any) -> str:
+    if kind == "lose-quorum":
+        hosts = list(daemon.hosts.values())
+        doomed = hosts[: len(hosts) // 2 + 1] if not target else [h for h in hosts if h.node != target]
+        if target and len(doomed) == len(hosts):
+            raise FaultError(f"unknown node {target!r}; masters: {', '.join(daemon.hosts)}")
+        for host in doomed:
+            host.kubelet.held.add("etcd")
+            host.kubelet.poke()
+        return "etcd members down on " + ", ".join(h.node for h in doomed) + ": quorum lost"
+    if kind == "api-down":
+        daemon.api_faulted = True
+        await daemon.api.stop()
+        return "kube-apiserver is down on every master"
+    if kind == "expire-certs":
+        for host in daemon.hosts.values():
+            host.certs_expired = True
+            daemon.csrs.after_restart(host.node)
+        return "kubelet client certificates expired: nodes NotReady, CSRs pending"
+    if kind == "delete-object":
+        parts = str(target or "").split("/")
+        if len(parts) not in (2, 3):
+            raise FaultError("delete-object needs RESOURCE/NAME or RESOURCE/NAMESPACE/NAME, e.g. configmaps/demo/payments-config")
+        resource, name = parts[0], parts[-1]
+        namespace = parts[1] if len(parts) == 3 else None
+        try:
+            await daemon.objects.delete(resource, name, namespace=namespace)
+        except NotFound as exc:
+            raise FaultError(f"{target} does not exist") from exc
+        except KeyError as exc:
+            raise FaultError(f"unknown resource {resource!r}") from exc
+        return f"{target} deleted"
+    raise FaultError(kind)
+
+
+async def heal(daemon: LabDaemon, target: Any = None) -> str:
+    """Undo every fault (or those on one node): power on, restart etcd, reopen SSH and the API."""
+    if target and target not in daemon.hosts:
+        raise FaultError(f"unknown node {target!r}; masters: {', '.join(daemon.hosts)}")
+    healed = []
+    for host in daemon.hosts.values():
+        if target and host.node != target:
+            continue
+        pid = _etcd_pid(host)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        host.kubelet.held.discard("etcd")
+        if "etcd" in host.kubelet.crashloop:
+            host.kubelet.crashloop.discard("etcd")
+            await host.kubelet.restart_container("etcd")
+        host.kubelet.frozen = False
+        for pod in host.kubelet.pods.values():
+            for c in pod.containers.values():
+                c.next_start = 0.0
+        if not host.kubelet.powered:
+            await daemon.power_on(host, after_shutdown=False)
+        elif not host.ssh_blocked:
+            await host.ssh.start()
+        host.kubelet.poke()
+        healed.append(host.node)
+    if not target:
+        daemon.api_faulted = False
+        _state(daemon).clear()
+    else:
+        _state(daemon)[:] = [(k, t) for k, t in _state(daemon) if t != target]
+    daemon.poke()
+    return "healed " + (", ".join(healed) or "nothing")

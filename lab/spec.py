@@ -1,0 +1,147 @@
+"""The lab's shape, decided once at `up` and kept in DIR/lab.json.
+
+Every port is chosen free at start so that several labs run side by side (tests run in
+parallel); every later process (the daemon, the CLI, a test) reads the same spec back instead
+of recomputing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+# The node names of the document's own examples, so a person rehearsing reads what the page shows.
+DOCUMENT_NODE_IPS = ["10.0.131.183", "10.0.164.97", "10.0.154.204"]
+REPLACEMENT_NODE_IPS = ["10.0.133.53", "10.0.143.125", "10.0.168.251", "10.0.170.223", "10.0.211.16"]
+ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+
+
+def node_name_for_ip(ip: str) -> str:
+    """AWS's private DNS name for an address: 10.0.131.183 -> ip-10-0-131-183.ec2.internal."""
+    return "ip-" + ip.replace(".", "-") + ".ec2.internal"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class MasterSpec:
+    """One master: its names in the cluster and its ports on this machine."""
+
+    index: int
+    node: str
+    ip: str
+    machine: str
+    zone: str
+    client_port: int
+    peer_port: int
+    metrics_port: int
+    ssh_port: int
+
+    @property
+    def client_url(self) -> str:
+        return f"https://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://127.0.0.1:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """Everything that identifies one lab; written to DIR/lab.json."""
+
+    dir: str
+    cluster_name: str
+    infra_id: str
+    version: str
+    installed_at: float
+    clock_speed: float
+    api_port: int
+    slack_port: int
+    redis_port: int
+    api_token: str
+    slack_bot_token: str
+    slack_app_token: str
+    slack_signing_secret: str
+    masters: tuple[MasterSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    def master(self, node: str) -> MasterSpec:
+        for master in self.masters:
+            if master.node == node:
+                return master
+        known = ", ".join(m.node for m in self.masters)
+        raise KeyError(f"unknown node {node!r}; the lab's masters are: {known}")
+
+    def with_master(self, master: MasterSpec) -> LabSpec:
+        return replace(self, masters=(*self.masters, master))
+
+    def save(self) -> None:
+        target = self.path / "lab.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(target)
+
+    @classmethod
+    def load(cls, lab_dir: Path) -> LabSpec:
+        raw = json.loads((lab_dir / "lab.json").read_text())
+        raw["masters"] = tuple(MasterSpec(**m) for m in raw["masters"])
+        return cls(**raw)
+
+
+def new_master(*, index: int, ip: str, infra_id: str) -> MasterSpec:
+    return MasterSpec(
+        index=index,
+        node=node_name_for_ip(ip),
+        ip=ip,
+        machine=f"{infra_id}-master-{index}",
+        zone=ZONES[index % len(ZONES)],
+        client_port=free_port(),
+        peer_port=free_port(),
+        metrics_port=free_port(),
+        ssh_port=free_port(),
+    )
+
+
+def new_lab_spec(
+    *, lab_dir: Path, masters: int, version: str, installed_hours_ago: float, clock_speed: float
+) -> LabSpec:
+    """Chooses names, tokens and free ports for a new lab."""
+    infra_id = "clustername-" + secrets.token_hex(3)[:5]
+    ips = DOCUMENT_NODE_IPS + [f"10.0.{140 + i}.{20 + i}" for i in range(max(0, masters - 3))]
+    return LabSpec(
+        dir=str(lab_dir.resolve()),
+        cluster_name="lab",
+        infra_id=infra_id,
+        version=version,
+        installed_at=time.time() - installed_hours_ago * 3600,
+        clock_speed=clock_speed,
+        api_port=free_port(),
+        slack_port=free_port(),
+        redis_port=free_port(),
+        api_token="sha256~" + secrets.token_urlsafe(32),
+        slack_bot_token="xoxb-lab-" + secrets.token_hex(12),
+        slack_app_token="xapp-lab-" + secrets.token_hex(12),
+        slack_signing_secret=secrets.token_hex(16),
+        masters=tuple(new_master(index=i, ip=ips[i], infra_id=infra_id) for i in range(masters)),
+    )
+
+
+def next_replacement_ip(spec: LabSpec) -> str:
+    used = {m.ip for m in spec.masters}
+    for ip in REPLACEMENT_NODE_IPS:
+        if ip not in used:
+            return ip
+    return f"10.0.200.{len(spec.masters) + 10}"

@@ -1,0 +1,124 @@
+"""A running lab for a test module: `etcdbot-lab up` on a fresh directory, torn down after.
+
+Tests drive it the way a person does: the real `kubectl` with the lab's kubeconfig, the real
+`ssh` with its ssh_config, `etcdbot-lab fault|heal`. Waiting is always on a condition with a
+deadline (`wait_for`), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lab_cli() -> list[str]:
+    return [sys.executable, "-m", "lab.cli"]
+
+
+def parse_env(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` and the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the condition may raise while the system converges
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Lab:
+    dir: Path
+    env: dict[str, str]
+
+    @property
+    def masters(self) -> list[str]:
+        return self.env["LAB_MASTERS"].split()
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*lab_cli(), *args, "--dir", str(self.dir)], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"etcdbot-lab {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 30, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=timeout, input=stdin,
+                              env={**os.environ, "KUBECONFIG": self.env["KUBECONFIG"]})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def ssh(self, node: str, command: str, *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["ssh", "-F", self.env["LAB_SSH_CONFIG"], "-o", "ConnectTimeout=5", f"core@{node}", command],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ssh {node} {command!r} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def members_message(self) -> str:
+        return self.kubectl(
+            "get", "etcd",
+            "-o=jsonpath={range .items[0].status.conditions[?(@.type==\"EtcdMembersAvailable\")]}{.message}{\"\\n\"}",
+        ).stdout.strip()
+
+    def pids(self) -> list[int]:
+        pids = []
+        for name in ("daemon.pid", "children.pids"):
+            path = self.dir / name
+            if path.exists():
+                pids += [int(x) for x in path.read_text().split() if x.isdigit()]
+        return pids
+
+
+def start_lab(lab_dir: Path, *extra: str) -> Lab:
+    proc = subprocess.run([*lab_cli(), "up", "--dir", str(lab_dir), *extra], capture_output=True, text=True,
+                          timeout=150, cwd=ROOT)
+    if proc.returncode != 0:
+        log = (lab_dir / "logs" / "daemon.log")
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        raise AssertionError(f"etcdbot-lab up failed: {proc.stderr}\n{tail}")
+    return Lab(dir=lab_dir, env=parse_env(proc.stdout))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_lab(lab: Lab) -> None:
+    pids = lab.pids()
+    subprocess.run([*lab_cli(), "down", "--dir", str(lab.dir)], capture_output=True, text=True, timeout=90, cwd=ROOT)
+    alive = [p for p in pids if pid_alive(p)]
+    assert not alive, f"processes left behind by the lab: {alive}"
