@@ -1,0 +1,97 @@
+"""What a procedure is: data plus small async functions. The runner (bot/runner.py) does the
+rest: locking, approvals, progress, audit, timeouts, retries and resume.
+
+A procedure module under `procedures/` builds a `Procedure` from validated parameters; each
+`Step` carries the document's wording as its title, its kind, the limits the runner enforces
+and a `run(ctx)` that returns a `StepResult`. A step never loops on itself, never posts to
+Slack and never takes a lock. `plan(ctx)` says, without touching anything, which commands the
+step would send: that is what `--dry-run` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, NewType
+
+if TYPE_CHECKING:
+    from bot.cluster.hosts import HostShell
+    from bot.cluster.kube import Kube
+    from bot.config import ClusterSettings, Settings
+
+StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-script"
+RunId = NewType("RunId", str)
+
+
+class StepKind(str, Enum):
+    READ = "read"  # no change to the cluster
+    CHANGE = "change"  # changes the cluster, safe to repeat
+    DESTRUCTIVE = "destructive"  # needs a second person's approval before it runs
+
+
+class StepFailed(Exception):
+    """A step's failure the user can act on. `next_action` says what to do now."""
+
+    def __init__(self, message: str, *, next_action: str = "", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.next_action = next_action
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a step leaves behind: a one-line summary for the progress message, longer output for
+    the thread, and values later steps read from `ctx.results`."""
+
+    summary: str
+    output: str = ""
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedCommand:
+    """One command a step would send: where (`api`, `ssh <node>`, `exec <pod>`) and what."""
+
+    target: str
+    command: str
+
+
+@dataclass
+class StepContext:
+    """Everything a step may touch. Built by the runner for one run."""
+
+    run_id: RunId
+    cluster: ClusterSettings
+    settings: Settings
+    parameters: Mapping[str, Any]
+    kube: Kube
+    hosts: HostShell
+    results: dict[StepId, StepResult]
+    heartbeat: Callable[[str], Awaitable[None]]  # long steps report progress; the runner renews the lock
+
+
+StepFn = Callable[[StepContext], Awaitable[StepResult]]
+PlanFn = Callable[[StepContext], list[PlannedCommand]]
+
+
+@dataclass(frozen=True)
+class Step:
+    id: StepId
+    title: str  # the document's words
+    kind: StepKind
+    run: StepFn
+    plan: PlanFn
+    timeout: float = 120.0
+    retries: int = 0
+    safe_to_repeat: bool = True  # whether Resume may re-run it after a crash mid-step
+
+
+@dataclass(frozen=True)
+class Procedure:
+    name: str  # e.g. "backup"
+    title: str  # e.g. "Backing up etcd data"
+    chapter: str  # e.g. "1"
+    steps: tuple[Step, ...]
+    takes_lock: bool = True
