@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make run`: the lab, the bot against it, and a Slack console in this terminal.
+# Type slash commands as alice (`/etcd-status`), switch users with `/as bob`, press buttons by number.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LAB_DIR=${1:-.lab}
+BIN=.venv/bin
+
+if $BIN/etcdbot-lab status --dir "$LAB_DIR" >/dev/null 2>&1; then
+  echo "using the lab already running in $LAB_DIR" >&2
+else
+  echo "starting the lab in $LAB_DIR ..." >&2
+  $BIN/etcdbot-lab up --dir "$LAB_DIR" >/dev/null
+fi
+mkdir -p "$LAB_DIR/logs"
+$BIN/etcdbot run --env-file "$LAB_DIR/env" >>"$LAB_DIR/logs/bot.log" 2>&1 &
+BOT=$!
+cleanup() {
+  kill "$BOT" 2>/dev/null || true
+  wait "$BOT" 2>/dev/null || true
+  echo "stopping the lab ..." >&2
+  $BIN/etcdbot-lab down --dir "$LAB_DIR" >/dev/null || true
+}
+trap cleanup EXIT
+cat >&2 <<MSG
+
+etcdbot is running against a local OpenShift 4.5 lab (bot log: $LAB_DIR/logs/bot.log).
+Try:  /etcd-help   /etcd-status   then, in another terminal:
+      .venv/bin/etcdbot-lab fault kill-etcd \$(.venv/bin/etcdbot-lab status --dir $LAB_DIR --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hosts"][0]["node"])') --dir $LAB_DIR
+and /etcd-status again. /as bob switches user, a number presses a button, /quit leaves.
+
+MSG
+$BIN/etcdbot-lab slack console --dir "$LAB_DIR" --as alice --channel incident
