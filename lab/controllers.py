@@ -19,7 +19,7 @@ from lab.apiserver.storage import AlreadyExists, NotFound, StoreUnavailable
 from lab.etcdadmin import EtcdUnavailable
 
 if TYPE_CHECKING:
-    from lab.daemon import Host, LabDaemon
+    from lab.daemon import LabDaemon
 
 OPERATOR_RESOURCES = seed.OPERATOR_RESOURCES
 # Lab seconds one node's installer takes during a rollout.
@@ -96,7 +96,7 @@ class NodeStatus:
                 continue
             master = host.master
 
-            def update(node: dict[str, Any], *, ready: bool = ready, master: Any = master) -> dict[str, Any]:
+            def update(node: dict[str, Any], *, ready: bool = ready, master: Any = master, host: Any = host) -> dict[str, Any]:
                 reason = "NodeStatusUnknown" if not host.certs_expired else "KubeletNotReady"
                 node["status"] = {**node.get("status", {}), **seed.node_status(ready=ready, master=master, reason=reason)}
                 taints = [t for t in node["spec"].get("taints", []) if t["key"] != "node.kubernetes.io/unreachable"]
@@ -123,6 +123,9 @@ class EtcdMembersStatus:
 
     def __init__(self, daemon: LabDaemon) -> None:
         self.d = daemon
+        self._last = ""
+
+    def forget(self) -> None:
         self._last = ""
 
     async def compute(self) -> tuple[str, bool]:

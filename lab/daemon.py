@@ -169,7 +169,15 @@ class LabDaemon:
     # ---- the control loop --------------------------------------------------------------------
     async def _control_loop(self) -> None:
         slow_every = 0.0
+        resync_every = time.monotonic() + 10
         while not self.stopping.is_set():
+            if time.monotonic() >= resync_every:
+                # Rewrite what the cluster should show now and then: a restore may have rolled
+                # the API objects back to an older state than the controllers last wrote.
+                resync_every = time.monotonic() + 10
+                self.mirror.forget()
+                self.nodes.forget()
+                self.members.forget()
             await self._guard(self._sync_api_availability())
             await self._guard(self._check_shutdowns())
             await self._guard(self.mirror.sync())

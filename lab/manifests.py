@@ -74,7 +74,6 @@ def etcdctl_env(master: MasterSpec, *, endpoints: Sequence[MasterSpec]) -> list[
         {"name": "ETCDCTL_CERT", "value": certs["peer_cert"]},
         {"name": "ETCDCTL_KEY", "value": certs["peer_key"]},
         {"name": "ETCDCTL_ENDPOINTS", "value": ",".join(m.client_url for m in endpoints)},
-        {"name": "ETCD_NAME", "value": master.node},
         {"name": "NODE_NAME", "value": master.node},
     ]
 
@@ -96,7 +95,7 @@ def _pod(name: str, *, revision: int, labels: dict[str, str], containers: list[d
             "tolerations": [{"operator": "Exists"}],
             "volumes": [
                 {"name": "static-pod-dir", "hostPath": {"path": "/etc/kubernetes/manifests"}},
-                {"name": "resource-dir", "hostPath": {"path": "/etc/kubernetes/static-pod-resources/etcd-pod-%d" % revision}},
+                {"name": "resource-dir", "hostPath": {"path": f"/etc/kubernetes/static-pod-resources/etcd-pod-{revision}"}},
                 {"name": "cert-dir", "hostPath": {"path": "/etc/kubernetes/static-pod-resources/etcd-certs"}},
                 {"name": "data-dir", "hostPath": {"path": DATA_DIR}},
             ],

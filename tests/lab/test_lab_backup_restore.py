@@ -1,0 +1,56 @@
+"""Chapter 1 and 5.3 by hand, as the document says: cluster-backup.sh on one master, a change,
+then the restore on a recovery host (other masters' static pods and data moved away,
+cluster-restore.sh, kubelet restarts, forced redeployment) -- and the change is gone."""
+
+from __future__ import annotations
+
+import re
+
+from tests.labfixture import Lab, wait_for
+
+
+def test_backup_change_restore(lab: Lab) -> None:
+    recovery, *others = lab.masters
+    out = lab.ssh(recovery, "sudo /usr/local/bin/cluster-backup.sh /home/core/assets/backup", timeout=60).stdout
+    assert "successfully saved" in out
+    files = lab.ssh(recovery, "ls /home/core/assets/backup").stdout.split()
+    assert len(files) == 2
+    assert any(re.fullmatch(r"snapshot_\d{4}-\d{2}-\d{2}_\d{6}\.db", f) for f in files), files
+    assert any(re.fullmatch(r"static_kuberesources_\d{4}-\d{2}-\d{2}_\d{6}\.tar\.gz", f) for f in files), files
+
+    # The change a restore must undo: something created, something critical deleted.
+    lab.kubectl("create", "configmap", "made-after-backup", "-n", "demo", "--from-literal=a=b")
+    lab.kubectl("delete", "configmap", "payments-config", "-n", "demo")
+
+    lab.ssh(recovery, "cp -r /home/core/assets/backup /home/core/backup")
+    for node in others:
+        lab.ssh(node, "sudo mv /etc/kubernetes/manifests/etcd-pod.yaml /tmp")
+        wait_for(lambda node=node: lab.ssh(node, "sudo crictl ps | grep etcd | grep -v operator || true").stdout == "",
+                 timeout=30, what=f"etcd containers gone on {node}")
+        lab.ssh(node, "sudo mv /etc/kubernetes/manifests/kube-apiserver-pod.yaml /tmp")
+        wait_for(lambda node=node: lab.ssh(node, "sudo crictl ps | grep kube-apiserver | grep -v operator || true").stdout == "",
+                 timeout=30, what=f"kube-apiserver gone on {node}")
+        lab.ssh(node, "sudo mv /var/lib/etcd/ /tmp")
+    restore = lab.ssh(recovery, "sudo -E /usr/local/bin/cluster-restore.sh /home/core/backup", timeout=120)
+    assert restore.returncode == 0
+    for node in lab.masters:
+        lab.ssh(node, "sudo systemctl restart kubelet.service")
+
+    wait_for(lambda: "Running" in lab.ssh(recovery, "sudo crictl ps | grep etcd | grep -v operator || true").stdout,
+             timeout=60, what="the restored etcd running on the recovery host")
+    wait_for(lambda: lab.kubectl("get", "nodes", check=False).returncode == 0, timeout=60, what="the API back")
+    configmaps = lab.kubectl("get", "configmaps", "-n", "demo").stdout
+    assert "payments-config" in configmaps and "made-after-backup" not in configmaps
+
+    lab.kubectl("patch", "etcd", "cluster", "--type=merge", "-p", '{"spec":{"forceRedeploymentReason":"recovery-1"}}')
+    jsonpath = "{range .items[0].status.conditions[?(@.type==\"NodeInstallerProgressing\")]}{.reason}{\"\\n\"}"
+    wait_for(lambda: lab.kubectl("get", "etcd", "-o=jsonpath=" + jsonpath).stdout.strip() == "AllNodesAtLatestRevision"
+             and lab.members_message() == "3 of 3 members are available", timeout=120,
+             what="etcd scaled back to three members")
+    for resource in ("kubeapiserver", "kubecontrollermanager", "kubescheduler"):
+        lab.kubectl("patch", resource, "cluster", "--type=merge", "-p",
+                    '{"spec":{"forceRedeploymentReason":"recovery-1"}}')
+    wait_for(lambda: all("kube-apiserver" in lab.ssh(n, "sudo crictl ps").stdout for n in lab.masters),
+             timeout=120, what="kube-apiserver back on every master")
+    pods = lab.kubectl("get", "pods", "-n", "openshift-etcd").stdout
+    assert sum(1 for line in pods.splitlines() if line.startswith("etcd-") and "Running" in line) == 3
