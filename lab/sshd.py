@@ -381,8 +381,8 @@ class _FdReader:
                 pass
             except OSError:
                 return b""  # EIO: the pty has no more writers
-            ready = self._loop.create_future()
-            self._loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            ready: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(self._fd, _set_ready, ready)
             try:
                 await ready
             finally:
@@ -394,6 +394,11 @@ class _FdReader:
             self._closed = True
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def _pipe_writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWriter:

@@ -61,12 +61,12 @@ def _ssh_opts(lab: SSHLab, key: Path | None = None, known_hosts: Path | None = N
             "-o", "ConnectTimeout=10"]
 
 
-async def _run(*argv: str, stdin: bytes | None = None, timeout: float = 30) -> tuple[int, str, str]:
+async def _run(*argv: str, stdin: bytes | None = None, deadline: float = 30) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), deadline)
     except TimeoutError:
         proc.kill()
         await proc.wait()
