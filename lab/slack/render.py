@@ -3,7 +3,7 @@
 People rehearsing an incident in a terminal, and test failures, need to read what Slack would
 show: headers, sections with their fields, context lines, and buttons numbered `[1] Approve
 [2] Reject` so they can be pressed by number. Mentions (`<@U..>`, `<#C..>`, `<!subteam^S..>`)
-become names when a name table is given. Pure functions: no I/O, no workspace state.
+become names (the lab directory's by default). Pure functions: no I/O, no workspace state.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from lab.slack import directory
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,12 @@ def buttons(blocks: list[dict]) -> list[Button]:
 def render_blocks(
     blocks: list[dict], *, text: str = "", names: Mapping[str, str] | None = None, first_button: int = 1
 ) -> str:
-    """The message as lines of text; the fallback `text` when there are no blocks."""
-    table = names or {}
+    """The message as lines of text; the fallback `text` when there are no blocks.
+
+    `names` resolves mention ids (default: the lab directory's users, channels and group);
+    `first_button` continues the numbering when several messages are rendered together.
+    """
+    table = directory.names() if names is None else names
     if not blocks:
         return mrkdwn_to_text(text, names=table)
     number = first_button
@@ -77,7 +83,7 @@ def render_blocks(
         elif kind == "section":
             if block.get("text"):
                 lines.append(_text(block["text"], table))
-            fields = [_text(field, table) for field in block.get("fields", [])]
+            fields = [" ".join(_text(field, table).splitlines()) for field in block.get("fields", [])]
             for left, right in zip(fields[::2], [*fields[1::2], ""], strict=False):
                 lines.append(f"  {left}  |  {right}" if right else f"  {left}")
             accessory = block.get("accessory")
