@@ -87,7 +87,7 @@ class Objects:
         res = lookup(resource)
         kv = await self.store.get(res.key(name, namespace))
         if kv is None:
-            raise NotFound(f'{res.name} "{name}" not found')
+            raise NotFound(f'{res.qualified} "{name}" not found')
         return self._decode(res, kv)
 
     async def list(
@@ -133,7 +133,7 @@ class Objects:
         try:
             revision = await self.store.create(res.key(name, namespace), self._encode(new))
         except AlreadyExists:
-            raise AlreadyExists(f'{res.name} "{name}" already exists') from None
+            raise AlreadyExists(f'{res.qualified} "{name}" already exists') from None
         meta["resourceVersion"] = str(revision)
         return new
 
@@ -147,7 +147,7 @@ class Objects:
         key = res.key(name, namespace)
         current_kv = await self.store.get(key)
         if current_kv is None:
-            raise NotFound(f'{res.name} "{name}" not found')
+            raise NotFound(f'{res.qualified} "{name}" not found')
         current = self._decode(res, current_kv)
         new = copy.deepcopy(obj)
         meta = new.setdefault("metadata", {})
@@ -168,14 +168,13 @@ class Objects:
         except Conflict:
             raise Conflict(self._conflict_message(res, name)) from None
         except NotFound:
-            raise NotFound(f'{res.name} "{name}" not found') from None
+            raise NotFound(f'{res.qualified} "{name}" not found') from None
         meta["resourceVersion"] = str(revision)
         return new
 
     @staticmethod
     def _conflict_message(res: Resource, name: str) -> str:
-        group = f"{res.name}.{res.group}" if res.group else res.name
-        return (f'Operation cannot be fulfilled on {group} "{name}": the object has been modified; '
+        return (f'Operation cannot be fulfilled on {res.qualified} "{name}": the object has been modified; '
                 "please apply your changes to the latest version and try again")
 
     async def mutate(
@@ -226,5 +225,5 @@ class Objects:
         try:
             kv = await self.store.delete(res.key(name, namespace))
         except NotFound:
-            raise NotFound(f'{res.name} "{name}" not found') from None
+            raise NotFound(f'{res.qualified} "{name}" not found') from None
         return self._decode(res, kv)

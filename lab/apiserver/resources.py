@@ -34,6 +34,11 @@ class Resource:
         return self.kind + "List"
 
     @property
+    def qualified(self) -> str:
+        """`pods`, `machines.machine.openshift.io`: how Kubernetes names it in error messages."""
+        return f"{self.name}.{self.group}" if self.group else self.name
+
+    @property
     def preferred_version(self) -> str:
         return self.versions[0]
 

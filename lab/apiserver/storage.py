@@ -22,7 +22,14 @@ import aiohttp
 
 
 class StoreUnavailable(Exception):
-    """etcd did not answer in time, refused the connection, or has no leader/quorum."""
+    """etcd did not answer in time, refused the connection, or has no leader/quorum.
+
+    `timed_out` tells a hang (no quorum: the apiserver answers 504) from a refusal (503).
+    """
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class Conflict(Exception):
@@ -147,7 +154,8 @@ class EtcdStore:
                         errors.append(f"{endpoint}: {exc}")
         except TimeoutError as exc:
             raise StoreUnavailable(
-                f"etcd did not answer within {self._timeout}s ({'; '.join(errors) or 'timeout'})"
+                f"etcd did not answer within {self._timeout}s ({'; '.join(errors) or 'timeout'})",
+                timed_out=True,
             ) from exc
         raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
