@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from lab.slack import SlackWorkspace
+from lab.slack.echo_app import build_echo_app
 
 BOT_TOKEN = "xoxb-lab-test-bot-token"
 APP_TOKEN = "xapp-lab-test-app-token"
@@ -32,71 +32,6 @@ async def until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def build_app(*, client: AsyncWebClient, release_slow: asyncio.Event, signing_secret: str = "") -> AsyncApp:
-    app = AsyncApp(
-        client=client, signing_secret=signing_secret, request_verification_enabled=bool(signing_secret)
-    )
-
-    @app.command("/etcd-echo")
-    async def echo(ack, command, client) -> None:  # type: ignore[no-untyped-def]
-        await ack(f"Echoing `{command['text']}` for <@{command['user_id']}>")
-        await client.chat_postMessage(
-            channel=command["channel_id"],
-            text=f"echo: {command['text']}",
-            blocks=[
-                {"type": "header", "text": {"type": "plain_text", "text": "Echo"}},
-                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{command['text']}*"}},
-                {
-                    "type": "actions",
-                    "block_id": "decide",
-                    "elements": [
-                        {
-                            "type": "button",
-                            "action_id": "approve",
-                            "value": "yes",
-                            "style": "primary",
-                            "text": {"type": "plain_text", "text": "Approve"},
-                        },
-                        {
-                            "type": "button",
-                            "action_id": "reject",
-                            "value": "no",
-                            "style": "danger",
-                            "text": {"type": "plain_text", "text": "Reject"},
-                        },
-                    ],
-                },
-            ],
-        )
-
-    @app.action("approve")
-    async def approve(ack, body, client) -> None:  # type: ignore[no-untyped-def]
-        await ack()
-        await client.chat_update(
-            channel=body["channel"]["id"],
-            ts=body["message"]["ts"],
-            text=f"approved by {body['user']['name']}",
-            blocks=[
-                {
-                    "type": "context",
-                    "elements": [{"type": "mrkdwn", "text": f"Approved by <@{body['user']['id']}>"}],
-                }
-            ],
-        )
-
-    @app.action("reject")
-    async def reject(ack, respond) -> None:  # type: ignore[no-untyped-def]
-        await ack()
-        await respond(replace_original=True, text="Rejected")
-
-    @app.command("/etcd-slow")
-    async def slow(ack) -> None:  # type: ignore[no-untyped-def]
-        await release_slow.wait()
-        await ack("too late")
-
-    return app
 
 
 @pytest.fixture
@@ -131,7 +66,7 @@ async def socket_app(workspace: SlackWorkspace) -> AsyncIterator[asyncio.Event]:
     """The Bolt app connected over Socket Mode; yields the event that releases `/etcd-slow`."""
     release_slow = asyncio.Event()
     client = AsyncWebClient(token=BOT_TOKEN, base_url=workspace.base_url)
-    handler = AsyncSocketModeHandler(build_app(client=client, release_slow=release_slow), APP_TOKEN)
+    handler = AsyncSocketModeHandler(build_echo_app(client=client, release_slow=release_slow), APP_TOKEN)
     await handler.connect_async()
     await until(lambda: workspace.socket_connections == 1, what="Socket Mode connection")
     yield release_slow
@@ -263,7 +198,7 @@ async def test_http_mode_signed_and_verified_by_bolt(workspace, lab) -> None:  #
     release = asyncio.Event()
     release.set()
     client = AsyncWebClient(token=BOT_TOKEN, base_url=workspace.base_url)
-    bolt = build_app(client=client, release_slow=release, signing_secret=SIGNING_SECRET)
+    bolt = build_echo_app(client=client, release_slow=release, signing_secret=SIGNING_SECRET)
 
     @web.middleware
     async def check(request: web.Request, handler):  # type: ignore[no-untyped-def]
