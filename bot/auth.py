@@ -1,0 +1,94 @@
+"""Who may run commands: a user listed in ETCDBOT_ALLOWED_USERS, or a member of ETCDBOT_ALLOWED_USERGROUP.
+
+Membership is asked of Slack (`usergroups.users.list`) and cached for a minute, so a slash
+command still acks within 3 s; a Slack error refuses (fails closed) with a reason the user can
+pass on. With neither setting, everyone in the workspace may run commands (the bot logs a warning
+at start): destructive steps are still held by the two-person rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+GROUP_ID_RE = re.compile(r"^S[A-Z0-9]{2,}$")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+class Authorizer:
+    """Answers "may this user run commands?" from settings and Slack user groups."""
+
+    def __init__(self, *, allowed_users: Iterable[str], allowed_usergroup: str | None,
+                 cache_seconds: float = 60.0, timeout: float = 2.0) -> None:
+        self._users = frozenset(allowed_users)
+        self._group = allowed_usergroup
+        self._cache_seconds = cache_seconds
+        self._timeout = timeout
+        self._members: frozenset[str] | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def open_to_all(self) -> bool:
+        return not self._users and not self._group
+
+    def who(self) -> str:
+        """Who may run commands, for a refusal message."""
+        parts = []
+        if self._users:
+            parts.append("the users listed in ETCDBOT_ALLOWED_USERS")
+        if self._group:
+            parts.append(f"members of @{self._group}" if not GROUP_ID_RE.match(self._group) else
+                         f"members of user group {self._group}")
+        return " and ".join(parts) or "everyone"
+
+    async def check(self, *, client: AsyncWebClient, user_id: str) -> Decision:
+        if self.open_to_all:
+            return Decision(True, "no restriction configured")
+        if user_id in self._users:
+            return Decision(True, "listed in ETCDBOT_ALLOWED_USERS")
+        if not self._group:
+            return Decision(False, f"only {self.who()} may run etcd commands")
+        try:
+            members = await asyncio.wait_for(self._group_members(client), timeout=self._timeout)
+        except (TimeoutError, SlackApiError, OSError) as exc:
+            detail = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            return Decision(False, f"could not check membership of @{self._group} ({detail}); try again")
+        if user_id in members:
+            return Decision(True, f"member of @{self._group}")
+        return Decision(False, f"only {self.who()} may run etcd commands")
+
+    async def _group_members(self, client: AsyncWebClient) -> frozenset[str]:
+        async with self._lock:
+            if self._members is not None and time.monotonic() - self._fetched_at < self._cache_seconds:
+                return self._members
+            group_id = await self._group_id(client)
+            response = await client.usergroups_users_list(usergroup=group_id)
+            self._members = frozenset(response.get("users") or ())
+            self._fetched_at = time.monotonic()
+            return self._members
+
+    async def _group_id(self, client: AsyncWebClient) -> str:
+        """A handle (etcd-operators) becomes its ID through usergroups.list; an ID is used as it is."""
+        assert self._group is not None
+        if GROUP_ID_RE.match(self._group):
+            return self._group
+        try:
+            response = await client.usergroups_list()
+        except SlackApiError:
+            return self._group  # a workspace that accepts handles directly
+        for group in response.get("usergroups") or ():
+            if group.get("handle") == self._group or group.get("name") == self._group:
+                return str(group["id"])
+        return self._group

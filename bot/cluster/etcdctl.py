@@ -1,0 +1,193 @@
+"""etcdctl commands and their JSON, as typed values.
+
+The bot reads etcd the way the document does (`etcdctl member list`, `endpoint status`,
+`endpoint health`), but with `-w json` so nothing depends on table layout. This module only
+builds argument lists and parses output: running them (exec in a pod, or SSH on a host) is the
+caller's business, which is why both paths share one parser.
+
+etcd's JSON prints member IDs as decimal uint64; people and the document use hex
+(`6fc1e7c9db35841d`, as `-w table` prints), so IDs are converted here once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Short client-side limits: a dead member must cost seconds, not etcdctl's defaults.
+TIMEOUT_FLAGS = ("--dial-timeout=2s", "--command-timeout=4s")
+
+
+class EtcdctlParseError(ValueError):
+    """etcdctl printed something that is not the JSON it prints on success."""
+
+
+def member_list_command() -> list[str]:
+    return ["etcdctl", "member", "list", "-w", "json", *TIMEOUT_FLAGS]
+
+
+def endpoint_status_command() -> list[str]:
+    return ["etcdctl", "endpoint", "status", "--cluster", "-w", "json", *TIMEOUT_FLAGS]
+
+
+def endpoint_health_command() -> list[str]:
+    return ["etcdctl", "endpoint", "health", "--cluster", "-w", "json", *TIMEOUT_FLAGS]
+
+
+def member_id_hex(member_id: int) -> str:
+    """13668033151171901709 -> 'bdae9bbc11dd390d' (the form `member list -w table` and `member remove` use)."""
+    return format(member_id, "x")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One line of `member list`. An added-but-unstarted member has no name and no client URLs."""
+
+    id: str
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool = False
+
+    @property
+    def started(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.client_urls[0] if self.client_urls else None
+
+
+@dataclass(frozen=True)
+class MemberList:
+    cluster_id: str
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One entry of `endpoint status --cluster`: what that member says about itself."""
+
+    endpoint: str
+    member_id: str
+    leader_id: str
+    version: str
+    db_size: int
+    db_size_in_use: int | None
+    revision: int
+    raft_term: int
+    raft_index: int
+
+    @property
+    def is_leader(self) -> bool:
+        return self.member_id == self.leader_id
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    endpoint: str
+    healthy: bool
+    took: str
+    error: str | None = None
+
+
+def _load(stdout: str, *, what: str) -> Any:
+    text = stdout.strip()
+    if not text:
+        raise EtcdctlParseError(f"{what}: etcdctl printed nothing")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EtcdctlParseError(f"{what}: not JSON ({exc.msg} at character {exc.pos}): {text[:120]!r}") from None
+
+
+def _mapping(value: Any, *, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise EtcdctlParseError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, *, what: str) -> Sequence[Any]:
+    if not isinstance(value, list):
+        raise EtcdctlParseError(f"{what}: expected a JSON list, got {type(value).__name__}")
+    return value
+
+
+def parse_member_list(stdout: str) -> MemberList:
+    raw = _mapping(_load(stdout, what="member list"), what="member list")
+    header = _mapping(raw.get("header", {}), what="member list header")
+    members = []
+    for item in _list(raw.get("members", []), what="member list members"):
+        item = _mapping(item, what="member")
+        if "ID" not in item:
+            raise EtcdctlParseError("member list: a member without ID")
+        members.append(
+            Member(
+                id=member_id_hex(int(item["ID"])),
+                name=str(item.get("name", "")),
+                peer_urls=tuple(item.get("peerURLs", ())),
+                client_urls=tuple(item.get("clientURLs", ())),
+                is_learner=bool(item.get("isLearner", False)),
+            )
+        )
+    return MemberList(cluster_id=member_id_hex(int(header.get("cluster_id", 0))), members=tuple(members))
+
+
+def parse_endpoint_status(stdout: str) -> tuple[EndpointStatus, ...]:
+    """Parses what was printed; etcdctl exits 1 yet prints the reachable endpoints when one is down."""
+    result = []
+    for item in _list(_load(stdout, what="endpoint status"), what="endpoint status"):
+        item = _mapping(item, what="endpoint status entry")
+        status = _mapping(item.get("Status", {}), what="endpoint status Status")
+        header = _mapping(status.get("header", {}), what="endpoint status header")
+        result.append(
+            EndpointStatus(
+                endpoint=str(item.get("Endpoint", "")),
+                member_id=member_id_hex(int(header.get("member_id", 0))),
+                leader_id=member_id_hex(int(status.get("leader", 0))),
+                version=str(status.get("version", "")),
+                db_size=int(status.get("dbSize", 0)),
+                db_size_in_use=int(status["dbSizeInUse"]) if "dbSizeInUse" in status else None,
+                revision=int(header.get("revision", 0)),
+                raft_term=int(status.get("raftTerm", header.get("raft_term", 0))),
+                raft_index=int(status.get("raftIndex", 0)),
+            )
+        )
+    return tuple(result)
+
+
+def parse_endpoint_health(stdout: str) -> tuple[EndpointHealth, ...]:
+    result = []
+    for item in _list(_load(stdout, what="endpoint health"), what="endpoint health"):
+        item = _mapping(item, what="endpoint health entry")
+        result.append(
+            EndpointHealth(
+                endpoint=str(item.get("endpoint", "")),
+                healthy=bool(item.get("health", False)),
+                took=str(item.get("took", "")),
+                error=str(item["error"]) if item.get("error") else None,
+            )
+        )
+    return tuple(result)
+
+
+def unreachable_endpoints(stderr: str) -> tuple[str, ...]:
+    """Endpoints etcdctl names in 'Failed to get the status of endpoint URL (reason)' lines."""
+    marker = "Failed to get the status of endpoint "
+    found = []
+    for line in stderr.splitlines():
+        if marker in line:
+            found.append(line.split(marker, 1)[1].split(" ", 1)[0])
+    return tuple(found)
+
+
+def human_size(size: int) -> str:
+    """Bytes in etcdctl's table units (decimal kB/MB, as `endpoint status -w table` prints `20 kB`)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"

@@ -1,0 +1,218 @@
+"""A shell on a master over SSH (asyncssh), for when the Kubernetes API cannot help.
+
+The document itself goes to the hosts when the API is gone (restore, shutdown, `crictl ps`).
+Every command is a list of values, each checked and joined with `shlex.quote`: no text typed
+in Slack reaches a shell unquoted. Every connection and command has a timeout; an error comes
+back as a value (`CommandResult` with rc None) so a dead host is reported, not raised through
+a status check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import yaml
+
+
+class UnsafeCommandError(ValueError):
+    """A command argument that must not reach a shell (NUL or newline)."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to log in to one master."""
+
+    node: str
+    host: str
+    port: int
+    user: str
+    private_key: Path
+    known_hosts: Path
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did. rc is None when it never finished (no connection, timeout)."""
+
+    node: str
+    argv: tuple[str, ...]
+    rc: int | None
+    stdout: str
+    stderr: str
+    elapsed: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    """['sudo', 'cat', '/etc/x y'] -> "sudo cat '/etc/x y'", refusing values no command needs."""
+    if not argv:
+        raise UnsafeCommandError("empty command")
+    for arg in argv:
+        if not isinstance(arg, str):
+            raise UnsafeCommandError(f"argument {arg!r} is not text")
+        if "\x00" in arg or "\n" in arg or "\r" in arg:
+            raise UnsafeCommandError(f"argument {arg!r} holds a control character")
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+class Hosts:
+    """The masters of one cluster, reachable by node name."""
+
+    def __init__(self, targets: Mapping[str, SshTarget]) -> None:
+        self._targets = dict(targets)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(self._targets)
+
+    def target(self, node: str) -> SshTarget:
+        try:
+            return self._targets[node]
+        except KeyError:
+            raise KeyError(f"no SSH address for {node}; known: {', '.join(self._targets) or 'none'}") from None
+
+    async def run(self, *, node: str, argv: Sequence[str], timeout: float) -> CommandResult:
+        """Runs one command on one master; never raises for connection or command failures."""
+        target = self.target(node)
+        command = shell_command(argv)
+        started = time.monotonic()
+
+        def result(rc: int | None, stdout: str = "", stderr: str = "", error: str | None = None) -> CommandResult:
+            return CommandResult(node=node, argv=tuple(argv), rc=rc, stdout=stdout, stderr=stderr,
+                                 elapsed=time.monotonic() - started, error=error)
+
+        try:
+            async with asyncio.timeout(timeout):
+                async with asyncssh.connect(
+                    target.host,
+                    port=target.port,
+                    username=target.user,
+                    client_keys=[str(target.private_key)],
+                    known_hosts=str(target.known_hosts),
+                    connect_timeout=min(target.connect_timeout, timeout),
+                    agent_path=None,
+                    # A host key we do not know is refused; a proxy or config file must not redirect us.
+                    config=None,
+                ) as conn:
+                    completed = await conn.run(command, check=False)
+        except TimeoutError:
+            return result(None, error=f"no answer from {node} within {timeout:.0f}s")
+        except (OSError, asyncssh.Error) as exc:
+            return result(None, error=f"SSH to {node} failed: {exc}")
+        rc = completed.exit_status if completed.exit_status is not None else -1
+        return result(rc, _text(completed.stdout), _text(completed.stderr))
+
+
+def _text(data: object) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return str(data)
+
+
+# ---- crictl ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrictlContainer:
+    """One row of `crictl ps`."""
+
+    id: str
+    image: str
+    created: str
+    state: str
+    name: str
+    attempt: int
+    pod_id: str
+    pod: str = ""
+
+
+def crictl_ps_command(*, all_states: bool = True) -> list[str]:
+    return ["sudo", "crictl", "ps", *(["-a"] if all_states else [])]
+
+
+def parse_crictl_ps(stdout: str) -> tuple[CrictlContainer, ...]:
+    """Parses crictl's table (`CONTAINER IMAGE CREATED STATE NAME ATTEMPT POD ID [POD]`).
+
+    crictl pads columns with a tabwriter, so the header's column starts are every row's column
+    starts; CREATED holds spaces ("2 hours ago"), which is why rows are cut at those offsets and
+    not split on whitespace.
+    """
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return ()
+    header = lines[0]
+    if not header.startswith("CONTAINER"):
+        raise ValueError(f"not crictl ps output: {header[:80]!r}")
+    # Titles are separated by the tabwriter's padding (3+ spaces); "POD ID" holds a single space.
+    starts = [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", header)]
+    rows = []
+    for line in lines[1:]:
+        cells: dict[str, str] = {}
+        for position, (start, name) in enumerate(starts):
+            end = starts[position + 1][0] if position + 1 < len(starts) else None
+            cells[name] = line[start:end].strip()
+        attempt = cells.get("ATTEMPT", "0")
+        rows.append(
+            CrictlContainer(
+                id=cells.get("CONTAINER", ""),
+                image=cells.get("IMAGE", ""),
+                created=cells.get("CREATED", ""),
+                state=cells.get("STATE", ""),
+                name=cells.get("NAME", ""),
+                attempt=int(attempt) if attempt.isdigit() else 0,
+                pod_id=cells.get("POD ID", ""),
+                pod=cells.get("POD", ""),
+            )
+        )
+    return tuple(rows)
+
+
+# ---- the etcd static pod manifest ---------------------------------------------------------
+
+ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd-pod.yaml"
+ETCDCTL_ENV_NAMES = ("ETCDCTL_API", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDCTL_ENDPOINTS")
+
+
+def read_manifest_command() -> list[str]:
+    return ["sudo", "cat", ETCD_MANIFEST]
+
+
+def etcdctl_env_from_manifest(text: str) -> dict[str, str]:
+    """The etcdctl container's ETCDCTL_* env from the etcd static pod: what makes etcdctl work on the host."""
+    pod = yaml.safe_load(text)
+    if not isinstance(pod, dict):
+        raise ValueError("etcd-pod.yaml is not a pod")
+    containers = pod.get("spec", {}).get("containers", []) or []
+    by_name = {c.get("name"): c for c in containers if isinstance(c, dict)}
+    container = by_name.get("etcdctl") or by_name.get("etcd")
+    if container is None:
+        raise ValueError("etcd-pod.yaml has no etcdctl container")
+    env = {e["name"]: str(e.get("value", "")) for e in container.get("env", []) or [] if "name" in e}
+    found = {k: v for k, v in env.items() if k in ETCDCTL_ENV_NAMES and v}
+    missing = [k for k in ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDCTL_ENDPOINTS") if k not in found]
+    if missing:
+        raise ValueError(f"etcd-pod.yaml's etcdctl container lacks {', '.join(missing)}")
+    found.setdefault("ETCDCTL_API", "3")
+    return found
+
+
+def host_etcdctl_command(*, env: Mapping[str, str], etcdctl_argv: Sequence[str]) -> list[str]:
+    """`sudo env ETCDCTL_...=... etcdctl ...`: the host's certificates are root's to read."""
+    for key in env:
+        if key not in ETCDCTL_ENV_NAMES:
+            raise UnsafeCommandError(f"unexpected environment variable {key}")
+    return ["sudo", "env", *(f"{k}={v}" for k, v in sorted(env.items())), *etcdctl_argv]

@@ -1,0 +1,73 @@
+"""The configured clusters, as connections: settings in, `KubeClient` and `Hosts` out.
+
+This is where `bot/` hands `procedures/` what it needs without `procedures/` reading settings:
+a procedure gets a kube client and a host pool, never a config object. Clients are built lazily
+and kept, one per cluster (building one reads the kubeconfig from disk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.cluster.hosts import Hosts, SshTarget
+from bot.cluster.kube import KubeClient
+from bot.config import ClusterSettings, Settings
+from procedures.diagnosis import Diagnosis, diagnose
+from procedures.facts import ClusterFacts
+from procedures.status import DEFAULT_TIMEOUTS, Timeouts, gather_facts
+
+
+def hosts_for(cluster: ClusterSettings) -> Hosts | None:
+    if cluster.ssh is None:
+        return None
+    ssh = cluster.ssh
+    targets = {}
+    for node in ssh.hosts:
+        host, port = ssh.address(node)
+        targets[node] = SshTarget(node=node, host=host, port=port, user=ssh.user, private_key=ssh.private_key,
+                                  known_hosts=ssh.known_hosts, connect_timeout=ssh.connect_timeout)
+    return Hosts(targets)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    facts: ClusterFacts
+    diagnosis: Diagnosis
+
+
+class Clusters:
+    """One entry per configured cluster; the handlers' only way to reach a cluster."""
+
+    def __init__(self, settings: Settings, *, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
+        self._settings = settings
+        self._timeouts = timeouts
+        self._kube: dict[str, KubeClient] = {}
+
+    def kube(self, name: str) -> KubeClient | None:
+        cluster = self._require(name)
+        if name not in self._kube:
+            try:
+                self._kube[name] = KubeClient(kubeconfig=cluster.kubeconfig, timeout=self._timeouts.api - 1)
+            except Exception:  # an unreadable kubeconfig: report the API as unavailable, try SSH
+                return None
+        return self._kube[name]
+
+    def hosts(self, name: str) -> Hosts | None:
+        return hosts_for(self._require(name))
+
+    async def status(self, name: str, *, expected_back: frozenset[str] = frozenset()) -> StatusReport:
+        """Ch.2.2/2.3: gathers the facts and decides; never raises for an unreachable cluster."""
+        facts = await gather_facts(cluster=name, kube=self.kube(name), hosts=self.hosts(name),
+                                   timeouts=self._timeouts, expected_back=expected_back)
+        return StatusReport(facts=facts, diagnosis=diagnose(facts))
+
+    def _require(self, name: str) -> ClusterSettings:
+        cluster = self._settings.cluster(name)
+        if cluster is None:
+            raise KeyError(f"unknown cluster {name!r}")
+        return cluster
+
+    def close(self) -> None:
+        for kube in self._kube.values():
+            kube.close()
+        self._kube.clear()

@@ -1,0 +1,345 @@
+"""The bot's settings: clusters, Slack, Redis, SSH, storage and who may do what.
+
+Everything comes from `ETCDBOT_*` environment variables (or an env file of `export KEY=VALUE`
+lines, which is what the lab writes), so the bot under test is the production bot with its URLs
+pointed at the lab. A wrong value stops the bot at start with a message that names the variable
+and says what to put there; nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "ETCDBOT_"
+
+# A cluster name is typed in Slack and used in Redis keys: keep it to DNS-label characters.
+CLUSTER_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A node name goes into shell commands (quoted anyway) and Slack text: DNS subdomain characters only.
+NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+SLACK_USER_ID_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_CHANNEL_ID_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+# What to write instead, per variable: shown beside a validation error.
+HINTS: dict[str, str] = {
+    "slack_bot_token": "the bot token of the Slack app, starting with xoxb-",
+    "slack_app_token": "an app-level token with connections:write, starting with xapp- (Socket Mode)",
+    "slack_signing_secret": "the signing secret from the Slack app's Basic Information page",
+    "slack_api_url": "the Slack Web API base URL ending in /api/, e.g. https://slack.com/api/",
+    "slack_mode": "socket or http",
+    "http_port": "a TCP port number, e.g. 3000",
+    "redis_url": "a Redis URL, e.g. redis://127.0.0.1:6379/0",
+    "backup_dir": "a directory for backups, e.g. /var/lib/etcdbot/backups",
+    "log_level": "one of DEBUG, INFO, WARNING, ERROR",
+    "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
+    "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
+    "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
+    "clusters": (
+        'a JSON list, e.g. [{"name": "lab", "kubeconfig": "/path/kubeconfig", "channels": ["C0INCIDENT"], '
+        '"ssh": {"user": "core", "private_key": "/path/id_ed25519", "known_hosts": "/path/known_hosts", '
+        '"hosts": {"ip-10-0-131-183.ec2.internal": "127.0.0.1:40022"}}, "peak_hours": "09:00-17:00", '
+        '"timezone": "UTC"}]'
+    ),
+}
+
+
+class ConfigError(Exception):
+    """Settings that cannot start the bot; `str()` is the text to show a person, one line per problem."""
+
+
+class SshSettings(BaseModel):
+    """How to reach the masters of one cluster over SSH (the fallback when the API is gone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str = "core"
+    private_key: FilePath
+    known_hosts: FilePath
+    hosts: dict[str, str] = Field(description="node name -> host:port")
+    connect_timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+            raise ValueError(f"{value!r} is not a Unix user name")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, str]) -> dict[str, str]:
+        for node, address in value.items():
+            if not NODE_NAME_RE.fullmatch(node):
+                raise ValueError(f"{node!r} is not a node name (lowercase letters, digits, '-' and '.')")
+            split_address(address)
+        return value
+
+    def address(self, node: str) -> tuple[str, int]:
+        return split_address(self.hosts[node])
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:40022' -> ('127.0.0.1', 40022); a bare host means port 22."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        host, port_text = address, "22"
+    host = host.strip("[]")
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:-]+", host):
+        raise ValueError(f"{address!r} is not host:port")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{address!r} has no valid port")
+    return host, int(port_text)
+
+
+class ClusterSettings(BaseModel):
+    """One OpenShift cluster the bot may act on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kubeconfig: FilePath
+    channels: tuple[str, ...] = ()
+    ssh: SshSettings | None = None
+    peak_hours: str = "09:00-17:00"
+    timezone: str = "UTC"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLUSTER_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a cluster name (lowercase letters, digits and '-', up to 63)")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for channel in value:
+            if not SLACK_CHANNEL_ID_RE.fullmatch(channel):
+                raise ValueError(f"{channel!r} is not a Slack channel ID (like C0123ABCD)")
+        return value
+
+    @field_validator("peak_hours")
+    @classmethod
+    def _peak_hours(cls, value: str) -> str:
+        parse_peak_hours(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (like UTC or Europe/Berlin)") from exc
+        return value
+
+    @property
+    def peak_window(self) -> tuple[time, time]:
+        return parse_peak_hours(self.peak_hours)
+
+
+def parse_peak_hours(value: str) -> tuple[time, time]:
+    """'09:00-17:00' -> (09:00, 17:00)."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not HH:MM-HH:MM")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    try:
+        return time(h1, m1), time(h2, m2)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from exc
+
+
+def _json_list(value: Any) -> Any:
+    """Environment values are text: decode a JSON list here so a syntax error names its variable."""
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    return value
+
+
+class Settings(BaseSettings):
+    """All of the bot's settings; see HINTS for what each variable holds."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    slack_bot_token: SecretStr
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr
+    slack_api_url: str = "https://slack.com/api/"
+    slack_mode: Literal["socket", "http"] = "socket"
+    http_port: int = Field(default=3000, gt=0, lt=65536)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    backup_dir: Path = Path("/var/lib/etcdbot/backups")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
+    allowed_usergroup: str | None = None
+    approver_usergroup: str = "etcd-approvers"
+    clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
+
+    @field_validator("allowed_users", "clusters", mode="before")
+    @classmethod
+    def _decode_json(cls, value: Any) -> Any:
+        return _json_list(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("allowed_users")
+    @classmethod
+    def _users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for user in value:
+            if not SLACK_USER_ID_RE.fullmatch(user):
+                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
+        return value
+
+    @field_validator("allowed_usergroup", mode="before")
+    @classmethod
+    def _empty_group(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_usergroup", "approver_usergroup")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
+            raise ValueError(f"{value!r} is not a user group handle or ID")
+        return value.lstrip("@") if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.clusters:
+            raise ValueError("ETCDBOT_CLUSTERS is empty: configure at least one cluster")
+        names = [c.name for c in self.clusters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"ETCDBOT_CLUSTERS names a cluster twice: {', '.join(duplicates)}")
+        seen: dict[str, str] = {}
+        for cluster in self.clusters:
+            for channel in cluster.channels:
+                if channel in seen:
+                    raise ValueError(
+                        f"ETCDBOT_CLUSTERS maps channel {channel} to both {seen[channel]} and {cluster.name}: "
+                        "a channel belongs to one cluster"
+                    )
+                seen[channel] = cluster.name
+        if self.slack_mode == "socket" and self.slack_app_token is None:
+            raise ValueError("ETCDBOT_SLACK_MODE=socket needs ETCDBOT_SLACK_APP_TOKEN (an xapp- token)")
+        return self
+
+    def cluster(self, name: str) -> ClusterSettings | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+    def cluster_for_channel(self, channel_id: str) -> ClusterSettings | None:
+        return next((c for c in self.clusters if channel_id in c.channels), None)
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.clusters)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret's clear text, for the log redactor."""
+        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret]
+        return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Reads `export KEY=VALUE` / `KEY=VALUE` lines (shell quoting allowed), as the lab writes them.
+
+    Only ETCDBOT_ keys are returned; the lab's file also holds KUBECONFIG and friends for people.
+    """
+    import shlex
+
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: cannot read it ({exc.strerror})") from exc
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ConfigError(f"--env-file {path} line {number}: {exc}") from exc
+        if words and words[0] == "export":
+            words = words[1:]
+        if len(words) != 1 or "=" not in words[0]:
+            raise ConfigError(f"--env-file {path} line {number}: expected KEY=VALUE")
+        key, _, value = words[0].partition("=")
+        if key.startswith(ENV_PREFIX):
+            values[key] = value
+    return values
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """('clusters', 0, 'ssh', 'hosts') -> 'ETCDBOT_CLUSTERS[0].ssh.hosts'."""
+    if not loc:
+        return "settings"
+    text = ENV_PREFIX + str(loc[0]).upper()
+    for part in loc[1:]:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per problem: which variable, what is wrong, what to put there."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is not set"
+        elif item["type"] == "path_not_file":
+            # Paths are not secrets: naming the one that is missing is what makes it fixable.
+            message = f"no such file: {item['input']}"
+        hint = HINTS.get(str(loc[0])) if loc and len(loc) == 1 else None
+        line = f"{_variable(loc)}: {message}" if loc else message
+        lines.append(line + (f". Set it to {hint}." if hint else ""))
+    return "\n".join(lines)
+
+
+def load_settings(*, env_file: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Builds Settings from the environment (and an env file, whose values the real environment overrides).
+
+    Raises ConfigError with a person-readable text; secrets never appear in it.
+    """
+    import os
+
+    values = read_env_file(env_file) if env_file else {}
+    values.update({k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(ENV_PREFIX)})
+    init = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in values.items()}
+    try:
+        # Passing values as init arguments (not re-reading os.environ) keeps one source of truth.
+        return Settings.model_validate(init)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None

@@ -1,0 +1,52 @@
+"""`/etcd-help`: the commands, what each does, and which of them this bot answers yet.
+
+The list is the one of DESIGN.md; a command whose handler is not registered is shown as coming,
+so help never promises something that would answer "dispatch_failed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from bot.log import get_logger
+from handlers.common import command_context
+
+log = get_logger("etcdbot.help")
+
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("/etcd-status", "/etcd-status [cluster]", "members, pods, nodes, machines, operator conditions and a diagnosis"),
+    ("/etcd-backup", "/etcd-backup [cluster]", "take an etcd backup from one healthy master (Ch.1)"),
+    ("/etcd-backups", "/etcd-backups [cluster]", "list the stored backups"),
+    ("/etcd-backup-verify", "/etcd-backup-verify <id>", "check a stored backup (checksum, snapshot status)"),
+    ("/etcd-replace-member", "/etcd-replace-member <node> [cluster]", "replace an unhealthy member (Ch.2)"),
+    ("/etcd-restore", "/etcd-restore <backup-id> [recovery-host] [cluster]",
+     "restore to a previous cluster state (Ch.5.3)"),
+    ("/etcd-shutdown", "/etcd-shutdown [cluster]", "shut the cluster down gracefully (Ch.3)"),
+    ("/etcd-restart-check", "/etcd-restart-check [cluster]", "check the cluster after power-on (Ch.4)"),
+    ("/etcd-approve-csrs", "/etcd-approve-csrs [cluster]", "review and approve pending CSRs (Ch.5.4)"),
+    ("/etcd-runs", "/etcd-runs", "runs in progress and recent ones"),
+    ("/etcd-abort", "/etcd-abort <run>", "abort a run"),
+    ("/etcd-help", "/etcd-help", "this list"),
+)
+
+
+def render_help(*, available: Collection[str], clusters: Collection[str]) -> str:
+    now = [f"• `{usage}`: {what}" for name, usage, what in COMMANDS if name in available]
+    later = [f"`{name}`" for name, _, _ in COMMANDS if name not in available]
+    lines = ["*etcdbot commands*", *now]
+    if later:
+        lines.append("_Coming:_ " + ", ".join(later))
+    lines.append(
+        f"The cluster defaults to the one mapped to this channel, or the only one configured. "
+        f"Clusters: {', '.join(f'`{c}`' for c in clusters)}."
+    )
+    return "\n".join(lines)
+
+
+def make_handler(*, available: Collection[str], clusters: Collection[str]) -> Callable[..., Awaitable[None]]:
+    async def handle_help(ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
+        await ack(text=render_help(available=available, clusters=clusters), response_type="ephemeral")
+        log.info("help", **command_context(command))
+
+    return handle_help
