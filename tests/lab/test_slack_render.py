@@ -106,3 +106,39 @@ def test_rate_limit_window_per_channel() -> None:
     assert limiter.check(channel="C1") == 2
     now[0] += 1.8
     assert limiter.check(channel="C1") is None
+
+
+def test_reply_rules_ephemeral_in_channel_replace_delete() -> None:
+    from lab.slack.records import MessageVersion, Recorder
+    from lab.slack.replies import ReplyContext, apply_reply
+
+    recorder = Recorder()
+    command = ReplyContext(user="U0ALICE01", channel="C0INCIDENT")
+    assert apply_reply(recorder=recorder, context=command, payload={}, via="ack") is None
+    private = apply_reply(recorder=recorder, context=command, payload={"text": "only alice"}, via="ack")
+    assert private is not None and private.ephemeral_for == "U0ALICE01"
+    public = apply_reply(
+        recorder=recorder,
+        context=command,
+        payload={"text": "all", "response_type": "in_channel"},
+        via="response_url",
+    )
+    assert public is not None and public.ephemeral_for is None
+
+    card = recorder.put_message(
+        MessageVersion(
+            channel="C0INCIDENT",
+            ts=recorder.next_ts(),
+            user="U0ETCDBOT",
+            text="card",
+            blocks=[{"type": "divider"}],
+        )
+    )
+    press = ReplyContext(user="U0BOB0001", channel="C0INCIDENT", original=card.key)
+    replaced = apply_reply(
+        recorder=recorder, context=press, payload={"replace_original": "true", "text": "done"}, via="r"
+    )
+    assert replaced is not None and (replaced.ts, replaced.version, replaced.blocks) == (card.ts, 2, [])
+    deleted = apply_reply(recorder=recorder, context=press, payload={"delete_original": True}, via="r")
+    assert deleted is not None and deleted.deleted and deleted.version == 3
+    assert float(card.ts) > float(public.ts) > float(private.ts)

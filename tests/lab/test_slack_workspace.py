@@ -72,7 +72,8 @@ async def socket_app(workspace: SlackWorkspace) -> AsyncIterator[asyncio.Event]:
     yield release_slow
     release_slow.set()
     await handler.close_async()
-    await client.session.close() if client.session else None
+    if client.session is not None:
+        await client.session.close()
 
 
 async def test_command_ack_message_and_button_update(workspace, lab, socket_app) -> None:  # type: ignore[no-untyped-def]
@@ -184,6 +185,24 @@ async def test_web_api_errors_and_rate_limit(workspace) -> None:  # type: ignore
         for c in (client, wrong, anonymous):
             if c.session is not None:
                 await c.session.close()
+
+
+async def test_rate_limit_retry_handler_waits_retry_after(workspace) -> None:  # type: ignore[no-untyped-def]
+    """What the bot does with a 429: slack_sdk's own retry handler honours Retry-After and succeeds."""
+    from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+
+    workspace.rate_limiter.limit = (1, 1.0)
+    client = AsyncWebClient(
+        token=BOT_TOKEN,
+        base_url=workspace.base_url,
+        retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+    )
+    first = await client.chat_postMessage(channel="C0INCIDENT", text="progress 1/3")
+    second = await client.chat_update(channel="C0INCIDENT", ts=first["ts"], text="progress 2/3")
+    assert second["ok"] and workspace.ratelimited_count == 1
+    [limited] = [e for e in workspace.recorder.events if e["kind"] == "ratelimited"]
+    assert limited["method"] == "chat.update" and limited["channel"] == "C0INCIDENT"
+    assert workspace.recorder.messages[("C0INCIDENT", first["ts"])].text == "progress 2/3"
 
 
 async def test_no_app_connected_is_dispatch_failed(workspace, lab) -> None:  # type: ignore[no-untyped-def]
