@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.slack import directory
 from lab.slack.render import buttons, render_blocks
 
 ENV_NAME = "ETCDBOT_SLACK_API_URL"
@@ -165,10 +166,16 @@ def format_record(record: dict) -> str:
     kind = record["kind"]
     head = f"{record['seq']:>5} {stamp} {kind:<12}"
     if kind == "message":
-        who = record["user"] + (f" -> only {record['ephemeral_for']}" if record.get("ephemeral_for") else "")
+        table = directory.names()
+        who = table.get(record["user"], record["user"])
+        if record.get("ephemeral_for"):
+            who += " -> only " + table.get(record["ephemeral_for"], record["ephemeral_for"])
+        where = "#" + table.get(record["channel"], record["channel"])
         state = " DELETED" if record.get("deleted") else ""
         text = render_blocks(record.get("blocks") or [], text=record.get("text", "")).replace("\n", " / ")
-        return f"{head} {record['channel']} ts={record['ts']} v{record['version']} {who} via {record['via']}{state}: {text}"
+        return (
+            f"{head} {where} ts={record['ts']} v{record['version']} {who} via {record['via']}{state}: {text}"
+        )
     details = {k: v for k, v in record.items() if k not in ("seq", "time", "kind", "params")}
     return f"{head} {json.dumps(details, sort_keys=True, default=str)}"
 

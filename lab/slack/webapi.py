@@ -84,10 +84,11 @@ class WebApi:
                 "api_call", method=method, ok=False, error=error.error, status=error.status, params=params
             )
             if error.status == 429:
+                channel = directory.find_channel(str(params.get("channel") or ""))
                 self._recorder.record(
                     "ratelimited",
                     method=method,
-                    channel=params.get("channel"),
+                    channel=channel.id if channel else params.get("channel"),
                     retry_after=error.headers["Retry-After"],
                 )
             return web.json_response(

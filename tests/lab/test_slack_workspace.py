@@ -205,6 +205,16 @@ async def test_rate_limit_retry_handler_waits_retry_after(workspace) -> None:  #
     assert workspace.recorder.messages[("C0INCIDENT", first["ts"])].text == "progress 2/3"
 
 
+async def test_disconnect_makes_slack_sdk_reconnect(workspace, lab, socket_app) -> None:  # type: ignore[no-untyped-def]
+    def opened() -> int:
+        return sum(1 for e in workspace.recorder.events if e["kind"] == "connection" and e["event"] == "open")
+
+    assert (await lab("POST", "disconnect", json={"reason": "warning"}))["sent"] == 1
+    await until(lambda: opened() == 2 and workspace.socket_connections == 1, what="reconnection")
+    await lab("POST", "command", json={"user": "alice", "channel": "incident", "text": "/etcd-echo again"})
+    await until(lambda: workspace.recorder.count("ack") == 1, what="ack over the new connection")
+
+
 async def test_no_app_connected_is_dispatch_failed(workspace, lab) -> None:  # type: ignore[no-untyped-def]
     await lab("POST", "command", json={"user": "alice", "channel": "incident", "text": "/etcd-status"})
     [failure] = [e for e in workspace.recorder.events if e["kind"] == "failure"]
