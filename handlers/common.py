@@ -49,7 +49,7 @@ class CommandSpec:
 
     @property
     def example(self) -> str:
-        return " ".join([self.command, *(a.example for a in self.args if not a.optional)])
+        return " ".join([self.command, *(a.example for a in self.args)])
 
 
 CLUSTER_ARG = Arg("cluster", CLUSTER_NAME_RE, "lab", optional=True)
