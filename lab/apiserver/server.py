@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.apiserver import discovery, exec_ws, tables
+from lab.apiserver import discovery, exec_ws, openapi, protobuf, tables
 from lab.apiserver.errors import (
     UNAUTHORIZED,
     ApiError,
@@ -31,6 +31,7 @@ from lab.apiserver.errors import (
 )
 from lab.apiserver.objects import Objects
 from lab.apiserver.patches import PatchError, json_patch, merge_patch
+from lab.apiserver.protobuf import ProtobufError
 from lab.apiserver.routing import Discovery, Target, parse
 from lab.apiserver.selectors import field_selector, label_selector
 from lab.apiserver.storage import AlreadyExists, Conflict, NotFound, StoreUnavailable
@@ -173,6 +174,11 @@ class ApiServer:
             if path == "/readyz":
                 await self._bounded(self.objects.store.revision())
             return web.Response(text="ok")
+        if path.startswith("/openapi/v3"):
+            doc = openapi.lookup(path)
+            if doc is None:
+                raise not_found_path()
+            return _json(doc)
         target = parse(path)
         if target is None:
             raise not_found_path()
@@ -280,6 +286,11 @@ class ApiServer:
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
+        if request.content_type == protobuf.CONTENT_TYPE:
+            try:
+                return protobuf.decode(raw)
+            except ProtobufError as exc:
+                raise ApiError(code=415, reason="UnsupportedMediaType", message=str(exc)) from None
         try:
             return json.loads(raw or b"null")
         except ValueError as exc:
