@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NewType
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-
 RunId = NewType("RunId", str)
 
 
-class StepKind(str, Enum):
+class StepKind(StrEnum):
     READ = "read"  # no change to the cluster
     CHANGE = "change"  # changes the cluster, safe to repeat
     DESTRUCTIVE = "destructive"  # needs a second person's approval before it runs
