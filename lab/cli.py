@@ -266,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     with contextlib.suppress(ImportError):
         from lab.slack.client import add_slack_commands
 
-        slack = sub.add_parser("slack", parents=[common], help="the lab's Slack workspace")
-        add_slack_commands(slack.add_subparsers(dest="slack_command", required=True, parser_class=_Parser))
+        add_slack_commands(sub, parents=[common])
     return parser
 
 

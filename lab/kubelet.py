@@ -321,7 +321,8 @@ class Kubelet:
         for pod in self.pods.values():
             for c in pod.containers.values():
                 rows.append({
-                    "id": c.id, "image": c.image, "created": c.created,
+                    # crictl shows a by-digest image as its bare digest, as in the document's example
+                    "id": c.id, "image": c.image.split("@sha256:")[-1], "created": c.created,
                     "state": "Running" if c.state == "Running" else "Exited",
                     "name": c.name, "attempt": c.restarts, "pod_id": pod.pod_id, "pod": pod.name,
                     "namespace": pod.namespace,

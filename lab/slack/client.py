@@ -183,12 +183,16 @@ def format_record(record: dict) -> str:
 # -- command line
 
 
-def add_slack_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_slack_commands(
+    subparsers: argparse._SubParsersAction, *, parents: list[argparse.ArgumentParser] | None = None
+) -> None:
     """Add `slack command|press|transcript|console`; each sets `func(args) -> int` (the exit code)."""
     slack = subparsers.add_parser("slack", help="act as a person in the lab's Slack workspace")
     actions = slack.add_subparsers(dest="slack_action", required=True)
 
-    command = actions.add_parser("command", help="run a slash command as USER and print what USER sees")
+    command = actions.add_parser(
+        "command", parents=parents or [], help="run a slash command as USER and print what USER sees"
+    )
     command.add_argument("--as", dest="user", required=True, help="alice, bob, carol or dave")
     command.add_argument("--channel", default="incident", help="channel name (default: incident)")
     command.add_argument("--wait", type=float, default=30.0, help="give up waiting for quiet after S seconds")
@@ -196,7 +200,9 @@ def add_slack_commands(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("text", nargs="+", help="/etcd-status ...")
     command.set_defaults(func=run_command)
 
-    press = actions.add_parser("press", help="press a button as USER and print what USER sees")
+    press = actions.add_parser(
+        "press", parents=parents or [], help="press a button as USER and print what USER sees"
+    )
     press.add_argument("--as", dest="user", required=True)
     press.add_argument(
         "--message", dest="message_ts", help="ts of the message (default: newest with that button)"
@@ -208,14 +214,14 @@ def add_slack_commands(subparsers: argparse._SubParsersAction) -> None:
     press.set_defaults(func=run_press)
 
     transcript = actions.add_parser(
-        "transcript", help="everything recorded (every message version, acks, errors)"
+        "transcript", parents=parents or [], help="everything recorded (every message version, acks, errors)"
     )
     transcript.add_argument("--channel")
     transcript.add_argument("--since", type=int, default=0)
     transcript.add_argument("--json", action="store_true", help="one JSON record per line")
     transcript.set_defaults(func=run_transcript)
 
-    console = actions.add_parser("console", help="an interactive Slack console")
+    console = actions.add_parser("console", parents=parents or [], help="an interactive Slack console")
     console.add_argument("--as", dest="user", default="alice")
     console.add_argument("--channel", default="incident")
     console.set_defaults(func=run_console)

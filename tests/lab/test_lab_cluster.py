@@ -58,7 +58,7 @@ def test_member_list_in_etcd_pod(lab: Lab) -> None:
                       "etcdctl", "member", "list", "-w", "table").stdout
     assert "| STATUS  |" in out or "STATUS" in out
     for node in lab.masters:
-        assert re.search(rf"\| [0-9a-f]{{16}} \| started \| {re.escape(node)} \|", out), out
+        assert re.search(rf"\| *[0-9a-f]{{1,16}} \| started \| *{re.escape(node)} \|", out), out
 
 
 def test_crictl_over_ssh(lab: Lab) -> None:
