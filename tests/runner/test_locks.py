@@ -10,7 +10,7 @@ from bot.locks import lock_holder
 from bot.procedure import StepContext, StepResult
 from bot.runner import Busy, RunnerPolicy
 from bot.store import Run, RunState
-from tests.runner.conftest import ALICE, BOB, CHANNEL, Calls, crash, procedure, step, until, wait_state
+from tests.runner.conftest import ALICE, BOB, CHANNEL, Calls, crash, procedure, step, until
 
 
 async def test_hundred_concurrent_starts_make_exactly_one_run(make_bot, rds) -> None:  # type: ignore[no-untyped-def]
