@@ -13,6 +13,7 @@ import copy
 import hmac
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patc
 JSON_PATCH_TYPE = "application/json-patch+json"
 # Core resources whose DELETE answers a Status (as Kubernetes' registries do); others the object.
 DELETE_RETURNS_STATUS = frozenset({"secrets", "configmaps", "events", "nodes"})
-_REASONS = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable"}
+EXEC_REFUSAL_MEMORY_S = 10.0
+_REASONS = {403: "Forbidden", 400: "BadRequest", 404: "NotFound", 409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
 def _truthy(value: str | None) -> bool:
@@ -90,6 +92,7 @@ class ApiServer:
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(str(cert_file), str(key_file))
         self._runner: web.AppRunner | None = None
+        self._exec_refusals: dict[tuple[str, str, str, tuple[str, ...]], tuple[float, ExecError]] = {}
         self._lock = asyncio.Lock()
         # One request's store work: a few store round trips, each bounded by the store timeout.
         self.request_timeout = max(4 * objects.store.timeout, 5.0)
@@ -419,12 +422,24 @@ class ApiServer:
             raise bad_request(f"cannot exec into a container in a completed pod; current phase is {phase}")
         if not _container_running(pod, container):
             raise bad_request(f'container not found ("{container}")')
+        key = (namespace, name, container, tuple(command))
         probe = web.WebSocketResponse(protocols=exec_ws.PROTOCOLS)
         if not probe.can_prepare(request).ok:
+            # kubectl retries a failed WebSocket upgrade over SPDY and prints THAT answer: repeat
+            # the handler's refusal of the WebSocket attempt instead of running the command again.
+            refused = self._exec_refusals.get(key)
+            if refused is not None and time.monotonic() - refused[0] < EXEC_REFUSAL_MEMORY_S:
+                raise refused[1]
             raise bad_request("Upgrade request required: this server speaks exec over WebSocket "
                               "(v5.channel.k8s.io, v4.channel.k8s.io) only")
         stdin, tty = _truthy(query.get("stdin")), _truthy(query.get("tty"))
-        proc = await self._exec_handler(namespace, name, container, list(command), stdin, tty)
+        try:
+            proc = await self._exec_handler(namespace, name, container, list(command), stdin, tty)
+        except ExecError as exc:
+            now = time.monotonic()
+            self._exec_refusals = {k: v for k, v in self._exec_refusals.items() if now - v[0] < EXEC_REFUSAL_MEMORY_S}
+            self._exec_refusals[key] = (now, exc)
+            raise
         return await exec_ws.serve_exec(request, proc, stdin=stdin)
 
 

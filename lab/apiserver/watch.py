@@ -77,6 +77,9 @@ async def serve_watch(
                     await emit("ADDED", obj)
             while True:
                 await asyncio.sleep(POLL_S)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client left; without a write we would not notice otherwise
                 current = await snapshot()
                 for ident, obj in current.items():
                     old = known.get(ident)
