@@ -106,6 +106,7 @@ class EtcdStore:
         self._ssl.load_cert_chain(str(cert_file), str(key_file))
         # Lab certificates name 127.0.0.1/localhost; keep hostname checks on.
         self._session: aiohttp.ClientSession | None = None
+        self._preferred: str | None = None
 
     @property
     def timeout(self) -> float:
@@ -130,34 +131,40 @@ class EtcdStore:
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the first endpoint that answers; StoreUnavailable when none does in time.
 
-        The whole attempt (all endpoints) is bounded by the timeout, so no caller waits longer
-        than that for a dead or quorum-less cluster. A member without quorum answers neither
-        reads (linearizable) nor writes: the gateway call hangs until our deadline or returns
-        an error, both reported as StoreUnavailable.
+        The whole attempt is bounded by the timeout, and each endpoint gets an equal share of it,
+        so one hung member (stopped process, host without network) cannot eat the budget while
+        the others have quorum. The endpoint that answered last is tried first next time. A
+        cluster without quorum answers neither reads (linearizable) nor writes: the gateway call
+        hangs or errors, both reported as StoreUnavailable (`timed_out` when nobody answered).
         """
-        if not self._endpoints:
+        endpoints = list(self._endpoints)
+        if not endpoints:
             raise StoreUnavailable("no etcd endpoints configured")
+        if self._preferred in endpoints:
+            endpoints.remove(self._preferred)
+            endpoints.insert(0, self._preferred)
+        share = self._timeout / len(endpoints)
         errors: list[str] = []
-        try:
-            async with asyncio.timeout(self._timeout):
-                for endpoint in self._endpoints:
-                    url = endpoint.rstrip("/") + path
-                    try:
-                        async with self._client().post(url, json=body) as resp:
-                            data = await resp.json(content_type=None)
-                            if resp.status != 200 or (isinstance(data, dict) and "error" in data):
-                                message = data.get("error") or data.get("message") if isinstance(data, dict) else data
-                                errors.append(f"{endpoint}: {message}")
-                                continue
-                            return data
-                    except (aiohttp.ClientError, OSError, ValueError) as exc:
-                        errors.append(f"{endpoint}: {exc}")
-        except TimeoutError as exc:
-            raise StoreUnavailable(
-                f"etcd did not answer within {self._timeout}s ({'; '.join(errors) or 'timeout'})",
-                timed_out=True,
-            ) from exc
-        raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+        timeouts = 0
+        for endpoint in endpoints:
+            url = endpoint.rstrip("/") + path
+            try:
+                async with asyncio.timeout(share), self._client().post(url, json=body) as resp:
+                    data = await resp.json(content_type=None)
+            except TimeoutError:
+                timeouts += 1
+                errors.append(f"{endpoint}: no answer within {share:.1f}s")
+                continue
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                errors.append(f"{endpoint}: {exc}")
+                continue
+            if resp.status != 200 or not isinstance(data, dict) or "error" in data:
+                message = (data.get("error") or data.get("message")) if isinstance(data, dict) else data
+                errors.append(f"{endpoint}: {message}")
+                continue
+            self._preferred = endpoint
+            return data
+        raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(errors), timed_out=timeouts > 0)
 
     async def get(self, key: str) -> KeyValue | None:
         data = await self._call("/v3/kv/range", {"key": _b64(key)})

@@ -3,6 +3,7 @@ patches, and StoreUnavailable when etcd is gone."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -100,6 +101,20 @@ def test_json_patch() -> None:
     out = json_patch(doc, [{"op": "add", "path": "/a/b/-", "value": 3}, {"op": "remove", "path": "/c"},
                            {"op": "replace", "path": "/a/b/0", "value": 0}, {"op": "add", "path": "/d~1e", "value": 1}])
     assert out == {"a": {"b": [0, 2, 3]}, "d/e": 1} and doc["c"] == 1
+
+
+async def test_hung_member_does_not_eat_the_budget(etcd: EtcdProcess) -> None:
+    """A listener that never answers (like a stopped member) first in the list: still served."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        store = EtcdStore(endpoints=[f"https://127.0.0.1:{hung.getsockname()[1]}", etcd.endpoint],
+                          ca_file=etcd.ca.cert_file, cert_file=etcd.client.cert, key_file=etcd.client.key, timeout=2.0)
+        try:
+            created = await Objects(store).create("nodes", {"metadata": {"name": "master-0"}})
+            assert created["metadata"]["resourceVersion"]
+        finally:
+            await store.close()
 
 
 async def test_unavailable_is_bounded(etcd: EtcdProcess) -> None:
