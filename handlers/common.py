@@ -124,6 +124,11 @@ def resolve_cluster(*, settings: Settings, explicit: str | None, channel_id: str
     )
 
 
+def escape(text: str) -> str:
+    """Slack mrkdwn control characters: `<backup-id>` would otherwise be read as a link and vanish."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def command_context(command: dict[str, Any]) -> dict[str, str]:
     """The fields worth logging about a slash command (never its token or response_url)."""
     return {
@@ -136,7 +141,7 @@ def command_context(command: dict[str, Any]) -> dict[str, str]:
 
 async def refuse(*, ack: Callable[..., Awaitable[Any]], command: dict[str, Any], reason: str, kind: str) -> None:
     """Answers with an ephemeral refusal (the ack itself) and logs the attempt."""
-    await ack(text=f":no_entry: {reason}", response_type="ephemeral")
+    await ack(text=f":no_entry: {escape(reason)}", response_type="ephemeral")
     log.warning("command.refused", kind=kind, reason=reason, **command_context(command))
 
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from bot.log import get_logger
-from handlers.common import command_context
+from handlers.common import command_context, escape
 
 log = get_logger("etcdbot.help")
 
@@ -32,7 +32,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def render_help(*, available: Collection[str], clusters: Collection[str]) -> str:
-    now = [f"• `{usage}`: {what}" for name, usage, what in COMMANDS if name in available]
+    now = [f"• `{escape(usage)}`: {what}" for name, usage, what in COMMANDS if name in available]
     later = [f"`{name}`" for name, _, _ in COMMANDS if name not in available]
     lines = ["*etcdbot commands*", *now]
     if later:

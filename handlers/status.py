@@ -30,6 +30,7 @@ from handlers.common import (
     CommandSpec,
     UsageError,
     command_context,
+    escape,
     parse_args,
     refuse,
     resolve_cluster,
@@ -63,7 +64,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     text = "\n".join(lines)
     if len(text) > SECTION_LIMIT - 100:
         text = text[: SECTION_LIMIT - 120] + "\n…"
-    return f"```\n{text}\n```"
+    return f"```\n{escape(text)}\n```"
 
 
 def _yes(value: bool | None, *, yes: str = "yes", no: str = "NO") -> str:
@@ -81,15 +82,15 @@ def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
     api = "API available" if facts.api_available else "*API unavailable*: read from the masters over SSH"
     blocks: list[Block] = [
         HeaderBlock(text=f"etcd on {facts.cluster}"[:150]),
-        SectionBlock(text=MarkdownTextObject(text=f"{icon} {diagnosis.summary}"[:SECTION_LIMIT])),
+        SectionBlock(text=MarkdownTextObject(text=f"{icon} {escape(diagnosis.summary)}"[:SECTION_LIMIT])),
         ContextBlock(elements=[MarkdownTextObject(
-            text=f"Cluster `{facts.cluster}` · {version} · {api} · procedure: {diagnosis.procedure}")]),
+            text=f"Cluster `{facts.cluster}` · {version} · {api} · procedure: {escape(diagnosis.procedure)}")]),
     ]
     if diagnosis.next_command:
-        blocks.append(_section("Next", f"`{diagnosis.next_command}`"))
+        blocks.append(_section("Next", f"`{escape(diagnosis.next_command)}`"))
     blocks.append(DividerBlock())
     message = facts.members_available_message
-    blocks.append(_section("EtcdMembersAvailable", message if message else "_not read (API unavailable)_"
+    blocks.append(_section("EtcdMembersAvailable", escape(message) if message else "_not read (API unavailable)_"
                            if not facts.api_available else "_condition not set_"))
 
     if facts.members:
@@ -127,7 +128,7 @@ def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
 
     sources = " · ".join(
         f"{SOURCE_ICON[s.state]} {s.name} {s.state.value}" + (f" {s.elapsed:.1f}s" if s.elapsed else "")
-        + (f": {s.detail}" if s.detail and s.state is not SourceState.OK else "")
+        + (f": {escape(s.detail)}" if s.detail and s.state is not SourceState.OK else "")
         for s in facts.sources
     )
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Sources: {sources}"[:2900])]))

@@ -95,7 +95,8 @@ async def _api_facts(kube: KubeClient) -> _ApiFacts:
     )
     failures = tuple(f"{n}: {r}" for n, r in zip(names, results, strict=True) if isinstance(r, BaseException))
     if len(failures) == len(names):
-        raise RuntimeError("; ".join(failures))
+        reasons = {str(r) for r in results}
+        raise RuntimeError(reasons.pop() if len(reasons) == 1 else "; ".join(failures))
     etcd, version, nodes, pods, machines = (None if isinstance(r, BaseException) else r for r in results)
     return _ApiFacts(
         version=cluster_version(version) if version else None,

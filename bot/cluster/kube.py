@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +68,13 @@ def _describe(exc: Exception) -> KubeError:
         except (ValueError, TypeError):
             pass
         return KubeError(f"API {exc.status or 'unreachable'}: {reason}".strip(), status=exc.status or 0)
-    return KubeError(f"API unreachable: {type(exc).__name__}: {exc}")
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\"\)]+)", text)
+    if errno:
+        return KubeError(f"API unreachable: {errno.group(1).strip()}")
+    if "timed out" in text.lower() or isinstance(exc, TimeoutError):
+        return KubeError("API unreachable: timed out")
+    return KubeError(f"API unreachable: {type(exc).__name__}: {text[:200]}")
 
 
 class KubeClient:

@@ -99,6 +99,12 @@ def test_render_crashloop_shows_the_next_command():
     assert f"`/etcd-replace-member {A}`" in text and "CrashLoopBackOff" in text and "NO" in text
 
 
+def test_render_escapes_mrkdwn_so_placeholders_survive():
+    facts = unhealthy(healthy(), A, C)
+    text = _all_text(render_status(facts, diagnose(facts)))
+    assert "`/etcd-restore &lt;backup-id&gt;`" in text and "<backup-id>" not in text
+
+
 def test_render_api_unavailable_marks_sources():
     hosts = (HostFacts(node=A, reachable=False, error="timeout"), HostFacts(node=B, reachable=True, etcd_state="Running"),
              HostFacts(node=C, reachable=True, etcd_state="Running"))
