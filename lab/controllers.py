@@ -207,31 +207,32 @@ class Revisions:
             obj = await self.d.objects.get(resource, "cluster")
             reason = obj.get("spec", {}).get("forceRedeploymentReason", "")
             status = obj.get("status", {})
-            if reason != status.get("latestAvailableRevisionReason", "") and reason:
+            latest = status.get("latestAvailableRevision", 0)
+            behind = [s for s in status.get("nodeStatuses", []) if s.get("currentRevision") != latest]
+            if (reason and reason != status.get("latestAvailableRevisionReason", "")) or self._has_missing_nodes(status):
                 self._rolling.add(resource)
-                self.d.spawn(self._roll(resource, reason), name=f"rollout-{resource}")
-            elif self._has_missing_nodes(status):
+                self.d.spawn(self._roll(resource, reason, bump=True), name=f"rollout-{resource}")
+            elif behind:  # an interrupted rollout (etcd was down, a node was off) goes on
                 self._rolling.add(resource)
-                self.d.spawn(self._roll(resource, None), name=f"rollout-{resource}")
+                self.d.spawn(self._roll(resource, reason, bump=False), name=f"rollout-{resource}")
 
     def _has_missing_nodes(self, status: dict[str, Any]) -> bool:
         known = {s["nodeName"] for s in status.get("nodeStatuses", [])}
         return any(h.node not in known and h.kubelet.powered for h in self.d.hosts.values())
 
-    async def _roll(self, resource: str, reason: str | None) -> None:
+    async def _roll(self, resource: str, reason: str, *, bump: bool) -> None:
         try:
-            await self._roll_inner(resource, reason)
+            await self._roll_inner(resource, reason, bump=bump)
         except TRANSIENT as exc:
-            self.d.log(f"rollout of {resource} interrupted: {exc!r}")
+            self.d.log(f"rollout of {resource} interrupted, will resume: {exc!r}")
         finally:
             self._rolling.discard(resource)
 
-    async def _roll_inner(self, resource: str, reason: str | None) -> None:
-        def bump(obj: dict[str, Any]) -> dict[str, Any]:
+    async def _roll_inner(self, resource: str, reason: str, *, bump: bool) -> None:
+        def new_revision(obj: dict[str, Any]) -> dict[str, Any]:
             st = obj.setdefault("status", {})
             st["latestAvailableRevision"] = int(st.get("latestAvailableRevision", 1)) + 1
-            if reason is not None:
-                st["latestAvailableRevisionReason"] = reason
+            st["latestAvailableRevisionReason"] = reason
             known = {s["nodeName"] for s in st.setdefault("nodeStatuses", [])}
             for host in self.d.hosts.values():
                 if host.node not in known:
@@ -241,18 +242,20 @@ class Revisions:
             self._set_progress(obj)
             return obj
 
-        obj = await self.d.objects.mutate(resource, "cluster", bump)
+        obj = await self.d.objects.mutate(resource, "cluster", new_revision) if bump else \
+            await self.d.objects.get(resource, "cluster")
         revision = obj["status"]["latestAvailableRevision"]
         for entry in list(obj["status"]["nodeStatuses"]):
             node = entry["nodeName"]
             host = self.d.hosts.get(node)
-            if host is None:
+            if host is None or entry.get("currentRevision") == revision:
                 continue
             while not host.kubelet.powered or host.kubelet.frozen:
                 await asyncio.sleep(0.5)  # an installer cannot run on a node that is down: the rollout waits
             await self._mark(resource, node, target=revision)
             await self.d.clock.sleep(INSTALLER_LAB_SECONDS / 2)
             await self.d.install_revision(resource, host, revision)
+            await self.d.wait_static_pod_ready(resource, host)
             await self.d.clock.sleep(INSTALLER_LAB_SECONDS / 2)
             await self._mark(resource, node, current=revision)
 

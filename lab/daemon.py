@@ -284,6 +284,18 @@ class LabDaemon:
                                       endpoints=cluster, state=state)
         host.kubelet.poke()
 
+    async def wait_static_pod_ready(self, resource: str, host: Host, *, timeout: float = 60.0) -> None:
+        """An installer moves on only when the new static pod runs (and, for etcd, is healthy)."""
+        deadline = time.monotonic() + timeout
+        kind = {"etcds": "etcd", "kubeapiservers": "kube-apiserver", "kubecontrollermanagers": "kube-controller-manager",
+                "kubeschedulers": "kube-scheduler"}[resource]
+        while time.monotonic() < deadline:
+            if host.kubelet.running(f"{kind}-", kind):
+                if resource != "etcds" or await self.etcd.healthy(host.master.client_url):
+                    return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{kind} on {host.node} did not become ready")
+
     async def _wait_container_gone(self, host: Host) -> None:
         deadline = time.monotonic() + 15
         while host.kubelet.running("etcd-", "etcd") and time.monotonic() < deadline:

@@ -75,9 +75,14 @@ def node_status(*, ready: bool, master: MasterSpec, reason: str = "") -> dict[st
                       {"type": "Hostname", "address": master.node},
                       {"type": "InternalDNS", "address": master.node}],
         "conditions": [ready_cond],
-        "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "osImage": "Red Hat Enterprise Linux CoreOS 45.82.202007141718-0 (Ootpa)",
-                     "kernelVersion": "4.18.0-193.13.2.el8_2.x86_64", "containerRuntimeVersion": "cri-o://1.18.3-5.rhaos4.5.git1c13d1d.el8",
-                     "architecture": "amd64", "operatingSystem": "linux"},
+        "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": KUBELET_VERSION,
+                     "osImage": "Red Hat Enterprise Linux CoreOS 45.82.202007141718-0 (Ootpa)",
+                     "kernelVersion": "4.18.0-193.13.2.el8_2.x86_64",
+                     "containerRuntimeVersion": "cri-o://1.18.3-5.rhaos4.5.git1c13d1d.el8",
+                     "architecture": "amd64", "operatingSystem": "linux",
+                     "bootID": str(uuid.uuid5(uuid.NAMESPACE_OID, master.node + "boot")),
+                     "machineID": uuid.uuid5(uuid.NAMESPACE_OID, master.node).hex,
+                     "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, master.node)).upper()},
     }
 
 
