@@ -23,6 +23,10 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+
+# kubernetes>=35 loads its API classes lazily, and CoreV1Api's first load builds hundreds of pydantic
+# models (2-4 s of CPU). Load them here, at start, not on the event loop during a 3-second ack.
+from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
@@ -102,7 +106,7 @@ class KubeClient:
         return await asyncio.wait_for(asyncio.to_thread(call), timeout=self._timeout + 2)
 
     async def _core_json(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        api = k8s.CoreV1Api(self._api)
+        api = CoreV1Api(self._api)
         response = await self._call(getattr(api, method), *args, _preload_content=False, **kwargs)
         return json.loads(response.data)
 
@@ -110,12 +114,12 @@ class KubeClient:
 
     async def get_cluster_object(self, resource: tuple[str, str, str], name: str) -> dict[str, Any]:
         group, version, plural = resource
-        api = k8s.CustomObjectsApi(self._api)
+        api = CustomObjectsApi(self._api)
         return await self._call(api.get_cluster_custom_object, group, version, plural, name)
 
     async def list_cluster_objects(self, resource: tuple[str, str, str]) -> list[dict[str, Any]]:
         group, version, plural = resource
-        api = k8s.CustomObjectsApi(self._api)
+        api = CustomObjectsApi(self._api)
         return (await self._call(api.list_cluster_custom_object, group, version, plural)).get("items", [])
 
     async def get_etcd(self) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class KubeClient:
 
     async def list_machines(self) -> list[dict[str, Any]]:
         group, version, plural = MACHINES
-        api = k8s.CustomObjectsApi(self._api)
+        api = CustomObjectsApi(self._api)
         result = await self._call(api.list_namespaced_custom_object, group, version, MACHINE_NAMESPACE, plural)
         return result.get("items", [])
 
@@ -163,7 +167,7 @@ class KubeClient:
             api = self._new_api_client()
             try:
                 ws = stream(
-                    k8s.CoreV1Api(api).connect_get_namespaced_pod_exec,
+                    CoreV1Api(api).connect_get_namespaced_pod_exec,
                     pod, namespace, container=container, command=list(argv),
                     stderr=True, stdin=False, stdout=True, tty=False,
                     _preload_content=False, _request_timeout=timeout,
