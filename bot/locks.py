@@ -15,7 +15,6 @@ set; the runner stops before the next step. Read-only commands never come here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
@@ -23,6 +22,7 @@ from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
 from bot.log import get_logger
 from bot.procedure import RunId
+from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -66,6 +66,7 @@ class ClusterLock:
             raise_on_release_error=False,
         )
         self._renewal: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def acquire(self) -> bool:
         """Takes the lock now or answers False (never waits: a busy cluster is an answer)."""
@@ -102,23 +103,26 @@ class ClusterLock:
         """Stops renewing without releasing: the lock then expires after `timeout` on its own."""
         task, self._renewal = self._renewal, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # The flag as well as cancel(): redis-py may swallow a cancellation inside a command.
+            self._stopping = True
+            await cancel_and_wait(task)
 
     async def owned(self) -> bool:
         return await self._lock.owned()
 
     def _start_renewal(self) -> None:
         if self._renewal is None:
+            self._stopping = False
             self._renewal = asyncio.create_task(self._renew(), name=f"lock-renewal-{self.run_id}")
 
     async def _renew(self) -> None:
         interval = self.timeout / 3
         loop = asyncio.get_running_loop()
         last_success = loop.time()
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
+            if self._stopping:
+                return
             try:
                 await self._lock.reacquire()
                 last_success = loop.time()

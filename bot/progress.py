@@ -16,7 +16,6 @@ models), so tests read blocks without a Slack.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.log import get_logger
 from bot.procedure import PlannedCommand, Procedure, StepKind
 from bot.store import Run, RunState, StepRecord, StepState
+from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -93,6 +93,8 @@ def _step_line(number: int, record: StepRecord) -> str:
         parts.append(duration)
     if record.attempts > 1:
         parts.append(f"attempt {record.attempts}")
+    if record.approved_by:
+        parts.append(f"approved by <@{record.approved_by}>")
     line = " · ".join(parts)
     detail = record.error or record.summary or record.note
     if detail:
@@ -310,9 +312,7 @@ class ThrottledSender:
         self._closed = True
         for chan in self._channels.values():
             if chan.worker is not None:
-                chan.worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await chan.worker
+                await cancel_and_wait(chan.worker)
             for post in chan.posts:
                 if not post.done.done():
                     post.done.cancel()
@@ -359,7 +359,8 @@ class ThrottledSender:
             elif not post.done.done():
                 post.done.set_exception(exc)
             return
-        post.done.set_result(str(response["ts"]))
+        if not post.done.done():
+            post.done.set_result(str(response["ts"]))
 
     async def _send_update(self, channel: str, chan: _Channel, ts: str, content: _Content) -> None:
         content.attempts += 1

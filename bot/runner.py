@@ -18,7 +18,6 @@ step context's clients (the `ContextFactory` the app passes in).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -47,6 +46,7 @@ from bot.procedure import (
 )
 from bot.progress import ThrottledSender, output_chunks, render_plan, render_run, run_text, slack_time
 from bot.store import Run, RunState, RunStore, StepRecord, StepState
+from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -190,17 +190,13 @@ class Runner:
         because this instance says it is gone)."""
         for live in list(self._live.values()):
             if live.task is not None:
-                live.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await live.task
+                await cancel_and_wait(live.task)
             if live.lock is not None:
                 await live.lock.stop_renewal()
         self._live.clear()
-        if self._presence is not None:
-            self._presence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._presence
-            self._presence = None
+        presence, self._presence = self._presence, None  # also ends its loop if the cancel is swallowed
+        if presence is not None:
+            await cancel_and_wait(presence)
         await self.redis.delete(self._instance_key(self.instance_id))
 
     def _instance_key(self, instance_id: str) -> str:
@@ -211,7 +207,7 @@ class Runner:
         await self.redis.set(self._instance_key(self.instance_id), str(time.time()), px=ttl_ms)
 
     async def _keep_presence(self) -> None:
-        while True:
+        while self._presence is not None:
             await asyncio.sleep(self.policy.instance_ttl / 3)
             try:
                 await self._announce()
@@ -404,7 +400,7 @@ class Runner:
         if not decision.approved:
             return run, _Stop(RunState.ABORTED, error=f"approval {decision.outcome.value}", next_action=safe, ended_by=decision.by)
         now = time.time()
-        approved = replace(run.step(step.id), state=StepState.PENDING, note=f"approved by <@{decision.by}>")
+        approved = replace(run.step(step.id), state=StepState.PENDING, note="", approved_by=decision.by)
         run = await self._commit(run, run.with_state(RunState.RUNNING, now=now).with_step(approved, now=now))
         return run, None
 

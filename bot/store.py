@@ -75,6 +75,7 @@ class StepRecord:
     error: str = ""
     next_action: str = ""
     note: str = ""  # latest heartbeat or approval status, shown beside the step
+    approved_by: str = ""  # the second person, for a destructive step
 
     @property
     def duration(self) -> float | None:
@@ -100,6 +101,7 @@ class StepRecord:
             "error": self.error,
             "next_action": self.next_action,
             "note": self.note,
+            "approved_by": self.approved_by,
         }
 
     @classmethod
@@ -118,6 +120,7 @@ class StepRecord:
             error=data.get("error", ""),
             next_action=data.get("next_action", ""),
             note=data.get("note", ""),
+            approved_by=data.get("approved_by", ""),
         )
 
 

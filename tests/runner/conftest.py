@@ -27,6 +27,7 @@ from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner, RunnerPolicy
 from bot.store import Run, RunState
+from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace
 
 BOT_TOKEN = "xoxb-runner-test-bot-token"
@@ -259,8 +260,7 @@ async def crash(bot: Bot, *run_ids: str) -> None:
     marks = (bot.runner.instance_id, *(f"lock-renewal-{r}" for r in run_ids))
     tasks = [t for t in asyncio.all_tasks() if any(m in t.get_name() for m in marks)]
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        assert await cancel_and_wait(task), f"{task.get_name()} did not stop"
 
 
 async def wait_state(bot: Bot, run_id: str, *states: RunState, timeout: float = 10.0) -> Run:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
-from bot.approvals import Decision, DecideAnswer, Outcome, approval_on_record, parameters_hash
+from bot.approvals import DecideAnswer, Decision, Outcome, approval_on_record, parameters_hash
 from bot.locks import lock_holder
 from bot.procedure import Step, StepId, StepKind
 from bot.store import Run, RunState
