@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from slack_sdk.models.blocks import Block
 
 from bot.approvals import Approvals, DecideAnswer, Outcome, approval_on_record, parameters_hash
-from bot.audit import Audit
+from bot.audit import Audit, RunSummary
 from bot.locks import DEFAULT_TIMEOUT, ClusterLock, lock_holder
 from bot.log import get_logger
 from bot.procedure import (
@@ -646,7 +646,7 @@ class Runner:
         """An Approve / Reject press, passed to the approvals (which check who may decide)."""
         return await self.approvals.decide(run_id=run_id, step_id=step_id, params_hash=params_hash, approve=approve, by=by)
 
-    async def recent_runs(self, *, cluster: str, limit: int = 10) -> Sequence[Any]:
+    async def recent_runs(self, *, cluster: str, limit: int = 10) -> list[RunSummary]:
         return await self.audit.recent_runs(cluster=cluster, limit=limit)
 
 
