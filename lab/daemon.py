@@ -25,7 +25,7 @@ from typing import Any
 from lab import bootstrap, control, faults, machines, manifests, seed
 from lab.apiserver.objects import Objects
 from lab.apiserver.server import ApiServer, ExecError
-from lab.apiserver.storage import EtcdStore, NotFound
+from lab.apiserver.storage import EtcdStore, NotFound, StoreUnavailable
 from lab.clock import LabClock
 from lab.controllers import TRANSIENT, EtcdMembersStatus, MirrorPods, NodeStatus, Revisions
 from lab.csrs import CsrController
@@ -195,8 +195,10 @@ class LabDaemon:
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:
         try:
             await asyncio.wait_for(coro, timeout=10)
-        except TRANSIENT:
-            pass  # etcd or the API is down: the controllers wait, as real ones do
+        except TRANSIENT as exc:
+            # etcd or the API is down: the controllers wait, as real ones do
+            if not isinstance(exc, (StoreUnavailable, EtcdUnavailable, TimeoutError)):
+                self.log("controller:\n" + traceback.format_exc())
         except Exception:
             self.log("controller error:\n" + traceback.format_exc())
 
@@ -323,10 +325,10 @@ class LabDaemon:
         """A new machine came up: a host with kube-apiserver & co, and later an etcd member."""
         self.spec = self.spec.with_master(master)
         self.spec.save()
-        bootstrap.write_ssh_files(self.spec)
-        bootstrap.write_env(self.spec)
         host_root = bootstrap.host_root(self.spec, master.node)
         bootstrap.prepare_host(self.spec, master)
+        bootstrap.write_ssh_files(self.spec)
+        bootstrap.write_env(self.spec)
         bootstrap.install_node_certs(self.spec, masters=list(self.spec.masters))
         for kind in manifests.CONTROL_PLANE_KINDS:
             bootstrap.write_control_plane_manifest(self.spec, master, kind, revision=2)

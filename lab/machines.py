@@ -63,6 +63,11 @@ class MachineController:
         await self.d.remove_master(node)
         with contextlib.suppress(NotFound):
             await self.d.objects.delete("nodes", node)
+        # The pod garbage collector removes pods bound to a node that no longer exists.
+        pods, _ = await self.d.objects.list("pods", field_selector=f"spec.nodeName={node}")
+        for pod in pods:
+            with contextlib.suppress(NotFound):
+                await self.d.objects.delete("pods", pod["metadata"]["name"], namespace=pod["metadata"]["namespace"])
 
     async def _advance(self, machine: dict[str, Any]) -> None:
         name = machine["metadata"]["name"]

@@ -196,7 +196,7 @@ def add_slack_commands(
     command.add_argument("--as", dest="user", required=True, help="alice, bob, carol or dave")
     command.add_argument("--channel", default="incident", help="channel name (default: incident)")
     command.add_argument("--wait", type=float, default=30.0, help="give up waiting for quiet after S seconds")
-    command.add_argument("--quiet", type=float, default=1.0, help="seconds without activity that mean done")
+    command.add_argument("--quiet", type=float, default=3.0, help="seconds without activity that mean done")
     command.add_argument("text", nargs="+", help="/etcd-status ...")
     command.set_defaults(func=run_command)
 
