@@ -79,3 +79,22 @@ def test_bad_command_lines_change_nothing(lab: Lab) -> None:
         assert proc.stderr.startswith("etcdbot-lab: ")
     status = lab.cli("status").stdout
     assert "faults none" in status
+
+
+def test_node_notready_and_slow_etcd(lab: Lab) -> None:
+    unreachable, slow = lab.masters[0], lab.masters[1]
+    lab.cli("fault", "node-notready", unreachable)
+    nodes = wait_for(lambda: (out := lab.kubectl("get", "nodes", "-l", "node-role.kubernetes.io/master").stdout)
+                     and f"{unreachable}   NotReady" in out and out, timeout=30, what="the node NotReady")
+    assert "NotReady" in nodes
+    taints = "{range .items[*]}{\"\\n\"}{.metadata.name}{\"\\t\"}{range .spec.taints[*]}{.key}{\" \"}"
+    assert any(line.startswith(unreachable) and "unreachable" in line
+               for line in lab.kubectl("get", "nodes", "-o", "jsonpath=" + taints).stdout.splitlines())
+    lab.cli("heal")
+    wait_for(lambda: lab.members_message() == "3 of 3 members are available", timeout=60, what="heal")
+
+    lab.cli("fault", "slow-etcd", slow)
+    wait_for(lambda: lab.members_message() == f"2 of 3 members are available, {slow} is unhealthy", timeout=30,
+             what="the frozen member reported unhealthy")
+    lab.cli("heal")
+    wait_for(lambda: lab.members_message() == "3 of 3 members are available", timeout=60, what="heal")
