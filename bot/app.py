@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import async_default_handlers
 from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.auth import Authorizer
 from bot.clusters import Clusters
 from bot.config import Settings
+from bot.health import HealthServer
 from bot.log import get_logger
+from bot.metrics import SlackApiObserver
 
 log = get_logger("etcdbot.app")
 
@@ -23,10 +26,14 @@ log = get_logger("etcdbot.app")
 def build_app(settings: Settings, *, clusters: Clusters | None = None) -> AsyncApp:
     """The app with every handler registered; nothing is connected yet."""
     token = settings.slack_bot_token.get_secret_value()
-    client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
+    # The observer counts Slack API errors and 429s for /metrics; Bolt copies retry handlers to
+    # the client it makes per request, so every call is seen.
+    client = AsyncWebClient(token=token, base_url=settings.slack_api_url,
+                            retry_handlers=[SlackApiObserver(), *async_default_handlers()])
+    signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     app = AsyncApp(
         client=client,
-        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        signing_secret=signing_secret,
         # Socket Mode needs no request verification; HTTP mode checks signatures (the default).
         request_verification_enabled=settings.slack_mode == "http",
     )
@@ -44,12 +51,15 @@ async def run(settings: Settings) -> None:
     app = build_app(settings, clusters=clusters)
     log.info("app.start", mode=settings.slack_mode, clusters=list(settings.cluster_names),
              slack_api_url=settings.slack_api_url)
+    health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port)
+    await health.start()
     try:
         if settings.slack_mode == "socket":
             await _run_socket_mode(app, settings)
         else:
             await _run_http(app, settings)
     finally:
+        await health.stop()
         clusters.close()
         log.info("app.stop")
 
@@ -68,26 +78,8 @@ async def _run_socket_mode(app: AsyncApp, settings: Settings) -> None:
 
 
 async def _run_http(app: AsyncApp, settings: Settings) -> None:
-    from aiohttp import web
-    from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+    from bot import slack_http
 
-    async def events(request: web.Request) -> web.Response:
-        body = await request.text()
-        response = await app.async_dispatch(to_bolt_request(request, body))
-        return await to_aiohttp_response(response)
-
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    web_app = web.Application()
-    web_app.router.add_post("/slack/events", events)
-    web_app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, host="0.0.0.0", port=settings.http_port)
-    await site.start()
-    log.info("http.listening", port=settings.http_port, path="/slack/events")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    assert settings.slack_signing_secret is not None  # Settings refuses HTTP mode without it
+    await slack_http.serve(app, signing_secret=settings.slack_signing_secret.get_secret_value(),
+                           port=settings.http_port)

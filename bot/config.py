@@ -44,8 +44,11 @@ HINTS: dict[str, str] = {
     "slack_api_url": "the Slack Web API base URL ending in /api/, e.g. https://slack.com/api/",
     "slack_mode": "socket or http",
     "http_port": "a TCP port number, e.g. 3000",
+    "health_port": "a TCP port number for /healthz, /readyz and /metrics, e.g. 8080",
     "redis_url": "a Redis URL, e.g. redis://127.0.0.1:6379/0",
     "backup_dir": "a directory for backups, e.g. /var/lib/etcdbot/backups",
+    "backup_keys_dir": "a directory apart from the backups for encryption keys, e.g. /var/lib/etcdbot/keys",
+    "backup_copy_rate": "bytes per second a backup copy may take from a master (0: no limit)",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
@@ -185,12 +188,17 @@ class Settings(BaseSettings):
 
     slack_bot_token: SecretStr
     slack_app_token: SecretStr | None = None
-    slack_signing_secret: SecretStr
+    slack_signing_secret: SecretStr | None = None  # needed in HTTP mode (Socket Mode is not signed)
     slack_api_url: str = "https://slack.com/api/"
     slack_mode: Literal["socket", "http"] = "socket"
     http_port: int = Field(default=3000, gt=0, lt=65536)
+    health_port: int = Field(default=8080, gt=0, lt=65536)
     redis_url: str = "redis://127.0.0.1:6379/0"
     backup_dir: Path = Path("/var/lib/etcdbot/backups")
+    # With etcd encryption on, the static resources tarball holds the keys: it goes here, apart
+    # from the snapshots (default: BACKUP_DIR/../<name>-keys, a sibling, never inside BACKUP_DIR).
+    backup_keys_dir: Path | None = None
+    backup_copy_rate: int = Field(default=0, ge=0)  # bytes/s off a master; 0 means no limit
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_usergroup: str | None = None
@@ -253,6 +261,11 @@ class Settings(BaseSettings):
                 seen[channel] = cluster.name
         if self.slack_mode == "socket" and self.slack_app_token is None:
             raise ValueError("ETCDBOT_SLACK_MODE=socket needs ETCDBOT_SLACK_APP_TOKEN (an xapp- token)")
+        if self.slack_mode == "http" and not (self.slack_signing_secret and self.slack_signing_secret.get_secret_value()):
+            raise ValueError("ETCDBOT_SLACK_MODE=http needs ETCDBOT_SLACK_SIGNING_SECRET (from the app's Basic "
+                             "Information page): requests are verified with it")
+        if self.slack_mode == "http" and self.http_port == self.health_port:
+            raise ValueError("ETCDBOT_HTTP_PORT and ETCDBOT_HEALTH_PORT must differ")
         return self
 
     def cluster(self, name: str) -> ClusterSettings | None:

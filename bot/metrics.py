@@ -1,0 +1,164 @@
+"""The bot's Prometheus metrics, defined once, and the small functions the code calls to record them.
+
+Why one module: every label value a metric takes is decided here, from a bounded set (command
+names the bot registers, procedure and step ids from code, enum values, Slack's error codes
+shaped like identifiers). Nothing a person typed, no token and no URL ever becomes a label: an
+unbounded label is a memory leak in Prometheus, and a label is published to anyone who can
+scrape `/metrics`. Callers pass raw values; `_bounded()` maps anything unexpected to "other".
+
+Slack Web API calls are observed with a retry handler (`SlackApiObserver`) rather than a client
+subclass, because Bolt builds a fresh AsyncWebClient per request and copies only the retry
+handlers across: the observer sees every response, including 429s a later handler retries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+
+OTHER = "other"
+# Identifier-shaped values only (Slack error codes, API method names, step ids, cluster names).
+_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+# The commands the bot may ever register; anything else someone types is "other".
+KNOWN_COMMANDS = frozenset({
+    "/etcd-status", "/etcd-backup", "/etcd-backups", "/etcd-backup-verify", "/etcd-replace-member",
+    "/etcd-restore", "/etcd-shutdown", "/etcd-restart-check", "/etcd-approve-csrs", "/etcd-runs",
+    "/etcd-abort", "/etcd-help",
+})
+COMMAND_OUTCOMES = frozenset({"ok", "refused_usage", "refused_auth", "busy", "error"})
+
+RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, float("inf"))
+
+COMMANDS = Counter("etcdbot_commands", "Slash commands handled, by command and outcome.", ["command", "outcome"])
+HTTP_REFUSED = Counter(
+    "etcdbot_slack_http_refused", "Slack HTTP-mode requests refused before dispatch (401), by reason.", ["reason"]
+)
+RUN_DURATION = Histogram(
+    "etcdbot_run_duration_seconds", "Procedure runs, from start to outcome.", ["procedure", "outcome"],
+    buckets=RUN_BUCKETS,
+)
+STEP_DURATION = Histogram(
+    "etcdbot_step_duration_seconds", "Procedure steps, all attempts included.", ["procedure", "step", "outcome"],
+    buckets=RUN_BUCKETS,
+)
+LOCK_WAIT = Histogram(
+    "etcdbot_lock_wait_seconds", "Time to take (or be refused) a cluster lock in Redis.", ["cluster"],
+    buckets=FAST_BUCKETS,
+)
+LOCK_BUSY = Counter("etcdbot_lock_busy", "Runs refused because the cluster's lock was held.", ["cluster"])
+APPROVALS = Counter("etcdbot_approvals", "Approval requests by how they ended.", ["decision"])
+SLACK_API_ERRORS = Counter(
+    "etcdbot_slack_api_errors", "Slack Web API responses with ok=false or a non-200 status.", ["method", "error"]
+)
+SLACK_RATELIMITED = Counter("etcdbot_slack_ratelimited", "Slack Web API 429 responses.", ["method"])
+BACKUPS = Counter("etcdbot_backups", "etcd backups by outcome.", ["cluster", "outcome"])
+BACKUP_LAST_SUCCESS = Gauge(
+    "etcdbot_backup_last_success_timestamp_seconds", "Unix time of the last successful backup.", ["cluster"]
+)
+BACKUP_BYTES = Gauge("etcdbot_backup_bytes", "Size of the last successful backup (snapshot + static pod resources).",
+                     ["cluster"])
+
+
+def _bounded(value: object, allowed: Iterable[str] | None = None) -> str:
+    text = str(value or "").strip()
+    if allowed is not None:
+        return text.lower() if text.lower() in allowed else OTHER
+    return text if _IDENT.fullmatch(text) else OTHER
+
+
+def slack_error_code(value: object) -> str:
+    """A Slack error code (`channel_not_found`) as a label or log value; anything else is "other"."""
+    return _bounded(value)
+
+
+def command_handled(command: object, outcome: str) -> None:
+    COMMANDS.labels(command=_bounded(command, KNOWN_COMMANDS), outcome=_bounded(outcome, COMMAND_OUTCOMES)).inc()
+
+
+def http_refused(reason: str) -> None:
+    HTTP_REFUSED.labels(reason=_bounded(reason)).inc()
+
+
+def run_finished(*, procedure: str, outcome: str, seconds: float) -> None:
+    RUN_DURATION.labels(procedure=_bounded(procedure), outcome=_bounded(outcome)).observe(max(seconds, 0.0))
+
+
+def step_finished(*, procedure: str, step: str, outcome: str, seconds: float) -> None:
+    STEP_DURATION.labels(procedure=_bounded(procedure), step=_bounded(step), outcome=_bounded(outcome)).observe(
+        max(seconds, 0.0)
+    )
+
+
+def lock_attempt(*, cluster: str, seconds: float, acquired: bool) -> None:
+    LOCK_WAIT.labels(cluster=_bounded(cluster)).observe(max(seconds, 0.0))
+    if not acquired:
+        LOCK_BUSY.labels(cluster=_bounded(cluster)).inc()
+
+
+def approval_decided(decision: str) -> None:
+    APPROVALS.labels(decision=_bounded(decision)).inc()
+
+
+def backup_finished(*, cluster: str, outcome: str, size_bytes: int | None = None, at: float | None = None) -> None:
+    """For the backup procedure: count every outcome; size and time only of successes."""
+    label = _bounded(cluster)
+    BACKUPS.labels(cluster=label, outcome=_bounded(outcome)).inc()
+    if outcome == "succeeded":
+        if at is not None:
+            BACKUP_LAST_SUCCESS.labels(cluster=label).set(at)
+        else:
+            BACKUP_LAST_SUCCESS.labels(cluster=label).set_to_current_time()
+        if size_bytes is not None:
+            BACKUP_BYTES.labels(cluster=label).set(size_bytes)
+
+
+def slack_method(url: str) -> str:
+    """`http://host/api/chat.postMessage?x=1` -> `chat.postMessage` (a code-chosen name, bounded)."""
+    return _bounded(url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+
+
+def slack_response(*, url: str, status: int, body: Any) -> None:
+    method = slack_method(url)
+    if status == 429:
+        SLACK_RATELIMITED.labels(method=method).inc()
+        SLACK_API_ERRORS.labels(method=method, error="ratelimited").inc()
+        return
+    if isinstance(body, dict) and body.get("ok") is False:
+        SLACK_API_ERRORS.labels(method=method, error=_bounded(body.get("error"))).inc()
+    elif status >= 400:
+        SLACK_API_ERRORS.labels(method=method, error=f"http_{status // 100}xx").inc()
+
+
+class SlackApiObserver(AsyncRetryHandler):
+    """A retry handler that never retries: it counts errors and 429s, then lets the next handler decide."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retry_count=1_000_000)
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None:
+            slack_response(url=request.url, status=response.status_code, body=response.body)
+        elif error is not None:
+            SLACK_API_ERRORS.labels(method=slack_method(request.url), error="connection").inc()
+        return False
+
+
+def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """The `/metrics` body and its content type."""
+    return _generate_latest(registry), CONTENT_TYPE_LATEST
