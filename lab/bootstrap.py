@@ -193,6 +193,8 @@ def env_lines(spec: LabSpec) -> list[str]:
         ("ETCDBOT_APPROVER_USERGROUP", "etcd-approvers"),
         ("ETCDBOT_CLUSTERS", json.dumps([cluster], separators=(",", ":"))),
     ]
+    if spec.bot_http_port and spec.bot_health_port:
+        values += [("ETCDBOT_HTTP_PORT", str(spec.bot_http_port)), ("ETCDBOT_HEALTH_PORT", str(spec.bot_health_port))]
     return [f"export {k}={shlex.quote(v)}" for k, v in values]
 
 

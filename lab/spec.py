@@ -73,6 +73,10 @@ class LabSpec:
     slack_app_token: str
     slack_signing_secret: str
     masters: tuple[MasterSpec, ...] = field(default_factory=tuple)
+    # Ports for the bot run against this lab (ETCDBOT_HTTP_PORT, ETCDBOT_HEALTH_PORT), free when
+    # the lab was made: several labs and their bots on one machine must not fight over 3000/8080.
+    bot_http_port: int = 0
+    bot_health_port: int = 0
 
     @property
     def path(self) -> Path:
@@ -136,6 +140,8 @@ def new_lab_spec(
         slack_app_token="xapp-lab-" + secrets.token_hex(12),
         slack_signing_secret=secrets.token_hex(16),
         masters=tuple(new_master(index=i, ip=ips[i], infra_id=infra_id) for i in range(masters)),
+        bot_http_port=free_port(),
+        bot_health_port=free_port(),
     )
 
 

@@ -88,6 +88,10 @@ class LabClient:
             query["channel"] = channel
         return self._call("GET", "view", query=query)
 
+    def http_delivery(self, url: str | None) -> dict:
+        """Deliver commands and presses to `url` as Slack's signed HTTP requests; None: Socket Mode."""
+        return self._call("POST", "http-delivery", body={"url": url})
+
     def transcript(self, *, since: int = 0, channel: str | None = None) -> dict:
         query: dict[str, Any] = {"since": since}
         if channel:

@@ -7,6 +7,9 @@ record's seq) so a caller can ask "what happened since I sent this".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from lab.slack import directory
@@ -30,10 +33,18 @@ async def loopback_only(request: web.Request, handler):  # type: ignore[no-untyp
 
 
 class LabControl:
-    def __init__(self, *, recorder: Recorder, dispatcher: Dispatcher, socket: SocketModeServer) -> None:
+    def __init__(
+        self,
+        *,
+        recorder: Recorder,
+        dispatcher: Dispatcher,
+        socket: SocketModeServer,
+        set_http_delivery: Callable[[str | None], None] | None = None,
+    ) -> None:
         self._recorder = recorder
         self._dispatcher = dispatcher
         self._socket = socket
+        self._set_http_delivery = set_http_delivery
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -44,6 +55,7 @@ class LabControl:
             web.get("/_lab/view", self.view),
             web.post("/_lab/disconnect", self.disconnect),
             web.get("/_lab/status", self.status),
+            web.post("/_lab/http-delivery", self.http_delivery),
         ]
 
     async def command(self, request: web.Request) -> web.Response:
@@ -131,6 +143,21 @@ class LabControl:
         body = await _json(request)
         sent = await self._socket.disconnect_all(reason=str(body.get("reason") or "refresh_requested"))
         return web.json_response({"ok": True, "sent": sent})
+
+    async def http_delivery(self, request: web.Request) -> web.Response:
+        """{url: "http://127.0.0.1:3000/slack/events"} delivers as Slack's signed HTTP requests from
+        now on; {url: null} goes back to Socket Mode. What a Slack admin does on the app's page."""
+        body = await _json(request)
+        url = body.get("url")
+        if url is not None:
+            parts = urlsplit(str(url))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return _error("invalid_url")
+            url = str(url)
+        if self._set_http_delivery is None:
+            return _error("not_supported")
+        self._set_http_delivery(url)
+        return web.json_response({"ok": True, "http_delivery": url is not None, "cursor": self._recorder.cursor})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -58,7 +58,8 @@ class SlackWorkspace:
             rate_limiter=self.rate_limiter,
             open_connection=self._socket.open_url,
         )
-        self._control = LabControl(recorder=self.recorder, dispatcher=self.dispatcher, socket=self._socket)
+        self._control = LabControl(recorder=self.recorder, dispatcher=self.dispatcher, socket=self._socket,
+                                   set_http_delivery=self.set_http_delivery)
         self._runner: web.AppRunner | None = None
 
     @property

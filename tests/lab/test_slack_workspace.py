@@ -243,7 +243,9 @@ async def test_http_mode_signed_and_verified_by_bolt(workspace, lab) -> None:  #
     await site.start()
     port = runner.addresses[0][1]
     try:
-        workspace.set_http_delivery(f"http://127.0.0.1:{port}/slack/events")
+        switched = await lab("POST", "http-delivery", json={"url": f"http://127.0.0.1:{port}/slack/events"})
+        assert switched["ok"] and switched["http_delivery"]
+        assert (await lab("GET", "status"))["http_delivery"]
         sent = await lab(
             "POST", "command", json={"user": "alice", "channel": "incident", "text": "/etcd-echo via http"}
         )
@@ -282,3 +284,14 @@ async def test_http_mode_signed_and_verified_by_bolt(workspace, lab) -> None:  #
         await runner.cleanup()
         if client.session is not None:
             await client.session.close()
+
+
+async def test_http_delivery_endpoint_switches_back_and_refuses_bad_urls(workspace, lab) -> None:  # type: ignore[no-untyped-def]
+    for bad in ("ftp://127.0.0.1/x", "not a url", "http:///slack/events"):
+        assert (await lab("POST", "http-delivery", json={"url": bad}))["error"] == "invalid_url"
+    assert not (await lab("GET", "status"))["http_delivery"]
+    assert (await lab("POST", "http-delivery", json={"url": "http://127.0.0.1:9/slack/events"}))["http_delivery"]
+    back = await lab("POST", "http-delivery", json={"url": None})
+    assert back["ok"] and not back["http_delivery"] and not (await lab("GET", "status"))["http_delivery"]
+    modes = [e["mode"] for e in workspace.recorder.events if e["kind"] == "delivery_mode"]
+    assert modes == ["http", "socket_mode"]
