@@ -7,11 +7,14 @@ cluster resolution are pure functions so their wording is unit-tested.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot import metrics
 from bot.auth import Authorizer
 from bot.config import CLUSTER_NAME_RE, Settings
 from bot.log import get_logger
@@ -139,10 +142,48 @@ def command_context(command: dict[str, Any]) -> dict[str, str]:
     }
 
 
+# The outcome of the slash command being handled in this task, for `counted()`; None outside one.
+_OUTCOME: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("etcdbot_command_outcome", default=None)
+
+
+def mark_outcome(outcome: str) -> None:
+    """Says how the current command ended (`busy`, `refused_usage`...) when it is not plain "ok"."""
+    box = _OUTCOME.get()
+    if box is not None:
+        box[0] = outcome
+
+
+def counted(command: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wraps a command listener to count it in `etcdbot_commands{command,outcome}`.
+
+    functools.wraps keeps the listener's signature visible to Bolt, which injects arguments by name.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(**kwargs: Any) -> None:
+        box = ["ok"]
+        token = _OUTCOME.set(box)
+        try:
+            await handler(**kwargs)
+        except Exception:
+            box[0] = "error"
+            raise
+        finally:
+            _OUTCOME.reset(token)
+            metrics.command_handled(command, box[0])
+
+    return wrapper
+
+
 async def refuse(*, ack: Callable[..., Awaitable[Any]], command: dict[str, Any], reason: str, kind: str) -> None:
     """Answers with an ephemeral refusal (the ack itself) and logs the attempt."""
     await ack(text=f":no_entry: {escape(reason)}", response_type="ephemeral")
     log.warning("command.refused", kind=kind, reason=reason, **command_context(command))
+    outcome = "refused_usage" if kind == "usage" else "refused_auth"
+    if _OUTCOME.get() is not None:
+        mark_outcome(outcome)
+    else:  # refused by a middleware, before any counted listener ran
+        metrics.command_handled(command.get("command"), outcome)
 
 
 def authorization_middleware(authorizer: Authorizer) -> Callable[..., Awaitable[Any]]:
