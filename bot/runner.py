@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from slack_sdk.models.blocks import Block
 
+from bot import metrics
 from bot.approvals import Approvals, DecideAnswer, Outcome, approval_on_record, parameters_hash
 from bot.audit import Audit, RunSummary
 from bot.locks import DEFAULT_TIMEOUT, ClusterLock, lock_holder
@@ -238,7 +239,10 @@ class Runner:
             lock = ClusterLock(
                 redis=self.redis, cluster=cluster, run_id=run_id, timeout=self.policy.lock_timeout, prefix=self._prefix
             )
-            if not await lock.acquire():
+            asked = time.monotonic()
+            acquired = await lock.acquire()
+            metrics.lock_attempt(cluster=cluster, seconds=time.monotonic() - asked, acquired=acquired)
+            if not acquired:
                 return await self.busy(cluster=cluster)
         run = Run.new(
             run_id=run_id, procedure=procedure, cluster=cluster, parameters=parameters,
@@ -385,6 +389,7 @@ class Runner:
             state=run.state.value, step=step.id,
         )
         decision = await self.approvals.request(run=run, step=step)
+        metrics.approval_decided(decision.outcome.value)
         abort = await self.store.abort_requested(run.id)
         if abort is not None:
             return run, _Stop(RunState.ABORTED, next_action=f"Aborted before *{step.title}*.", ended_by=abort.by)
@@ -431,6 +436,8 @@ class Runner:
 
         ctx = self._context_factory(run=run, results=results, heartbeat=heartbeat)
         record = replace(await self._attempts(run, step, ctx, record), finished_at=time.time())
+        metrics.step_finished(procedure=run.procedure, step=step.id, outcome=record.state.value,
+                              seconds=(record.finished_at or now) - now)
         run = await self._commit(run, run.with_step(record, now=record.finished_at or time.time()))
         await self.audit.record(
             cluster=run.cluster, event="step.finished", actor=run.requester, run_id=run.id, step=step.id,
@@ -493,6 +500,8 @@ class Runner:
             stop.state, now=now, error=stop.error, next_action=stop.next_action, ended_by=stop.ended_by, confirm_rerun=None
         )
         await self.store.save(final, previous=run)
+        metrics.run_finished(procedure=final.procedure, outcome=final.state.value,
+                             seconds=now - (final.created_at or now))
         live = self._live.pop(run.id, None)
         if live is not None and live.lock is not None:
             await live.lock.release()
