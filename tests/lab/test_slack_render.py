@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slack_sdk.signature import SignatureVerifier
 
+from bot.slack_http import Refusal, check_request, make_verifier
 from lab.slack import render_blocks
 from lab.slack.directory import names
 from lab.slack.ratelimit import ChannelRateLimiter
@@ -26,6 +27,13 @@ def test_signature_matches_slacks_documented_example() -> None:
     assert sign(signing_secret=DOC_SECRET, timestamp=DOC_TIMESTAMP, body=DOC_BODY) == DOC_SIGNATURE
     verifier = SignatureVerifier(signing_secret=DOC_SECRET, clock=_FrozenClock(int(DOC_TIMESTAMP)))
     assert verifier.is_valid(body=DOC_BODY, timestamp=DOC_TIMESTAMP, signature=DOC_SIGNATURE)
+    # The bot's own check in front of Bolt (HTTP mode) accepts it too, and only it.
+    bots = make_verifier(DOC_SECRET, clock=_FrozenClock(int(DOC_TIMESTAMP) + 299))
+    headers = {"X-Slack-Request-Timestamp": DOC_TIMESTAMP, "X-Slack-Signature": DOC_SIGNATURE}
+    assert check_request(verifier=bots, headers=headers, body=DOC_BODY) is None
+    assert check_request(verifier=bots, headers=headers, body=DOC_BODY.replace("foobar", "foobaz")) is Refusal.BAD_SIGNATURE
+    stale = make_verifier(DOC_SECRET, clock=_FrozenClock(int(DOC_TIMESTAMP) + 301))
+    assert check_request(verifier=stale, headers=headers, body=DOC_BODY) is Refusal.STALE_TIMESTAMP
 
 
 class _FrozenClock:
