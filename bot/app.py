@@ -19,11 +19,12 @@ from bot.config import Settings
 from bot.health import HealthServer
 from bot.log import get_logger
 from bot.metrics import SlackApiObserver
+from bot.services import Services, build_services
 
 log = get_logger("etcdbot.app")
 
 
-def build_app(settings: Settings, *, clusters: Clusters | None = None) -> AsyncApp:
+def build_app(settings: Settings, *, clusters: Clusters | None = None, services: Services | None = None) -> AsyncApp:
     """The app with every handler registered; nothing is connected yet."""
     token = settings.slack_bot_token.get_secret_value()
     # The observer counts Slack API errors and 429s for /metrics; Bolt copies retry handlers to
@@ -41,14 +42,17 @@ def build_app(settings: Settings, *, clusters: Clusters | None = None) -> AsyncA
     if authorizer.open_to_all:
         log.warning("auth.open", detail="neither ETCDBOT_ALLOWED_USERS nor ETCDBOT_ALLOWED_USERGROUP is set: "
                                         "everyone in the workspace may run commands")
-    handlers.register(app, settings=settings, clusters=clusters or Clusters(settings), authorizer=authorizer)
+    handlers.register(app, settings=settings, clusters=clusters or Clusters(settings), authorizer=authorizer,
+                      services=services)
     return app
 
 
 async def run(settings: Settings) -> None:
     """Runs until cancelled (SIGINT/SIGTERM in `bot.main`)."""
     clusters = Clusters(settings)
-    app = build_app(settings, clusters=clusters)
+    services = build_services(settings, clusters=clusters)
+    await services.open()  # also offers Resume/Abort for runs a dead bot left (recover_interrupted)
+    app = build_app(settings, clusters=clusters, services=services)
     log.info("app.start", mode=settings.slack_mode, clusters=list(settings.cluster_names),
              slack_api_url=settings.slack_api_url)
     health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port)
@@ -60,6 +64,7 @@ async def run(settings: Settings) -> None:
             await _run_http(app, settings)
     finally:
         await health.stop()
+        await services.close()
         clusters.close()
         log.info("app.stop")
 

@@ -70,6 +70,7 @@ class StepContext:
     hosts: HostShell
     results: dict[StepId, StepResult]
     heartbeat: Callable[[str], Awaitable[None]]  # long steps report progress; the runner renews the lock
+    requester: str = ""  # the Slack user who started the run (recorded with what the run makes)
 
 
 StepFn = Callable[[StepContext], Awaitable[StepResult]]

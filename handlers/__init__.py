@@ -6,6 +6,8 @@ reach clusters only through `bot.clusters.Clusters`, never directly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from slack_bolt.async_app import AsyncApp
 
 from bot.auth import Authorizer
@@ -15,13 +17,41 @@ from handlers import help as help_
 from handlers import status
 from handlers.common import authorization_middleware, counted
 
+if TYPE_CHECKING:
+    from bot.services import Services
 
-def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer) -> set[str]:
-    """Registers the commands this package implements; returns their names (for /etcd-help)."""
+
+def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer,
+             services: Services | None = None) -> set[str]:
+    """Registers the commands this package implements; returns their names (for /etcd-help).
+    Procedures (`/etcd-backup`, runs and their buttons) need `services` (the runner and the store)."""
     authorize = authorization_middleware(authorizer)
     app.command(status.SPEC.command, middleware=[authorize])(
         counted(status.SPEC.command, status.make_handler(settings=settings, clusters=clusters)))
     available = {status.SPEC.command, "/etcd-help"}
+    if services is not None:
+        available |= _register_procedures(app, settings=settings, clusters=clusters, authorizer=authorizer,
+                                          services=services)
     app.command("/etcd-help")(counted("/etcd-help", help_.make_handler(available=available,
                                                                       clusters=settings.cluster_names)))
     return available
+
+
+def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer,
+                         services: Services) -> set[str]:
+    from handlers import backup, runs
+    from handlers.common import UsageError, resolve_cluster
+
+    def cluster_of(channel_id: str, _text: str) -> str | None:
+        try:
+            return resolve_cluster(settings=settings, explicit=None, channel_id=channel_id, command="/etcd-runs")
+        except UsageError:
+            return None
+
+    runs.register(app, runner=services.runner, resolve_cluster=cluster_of)
+    commands = backup.BackupCommands(
+        settings=settings, clusters=clusters, runner=services.runner, catalogue=services.catalogue,
+        procedure=lambda: services.procedure("backup", {}), authorizer=authorizer,
+    )
+    return backup.register(app, commands=commands, middleware=[authorization_middleware(authorizer)]) | {
+        "/etcd-runs", "/etcd-abort"}

@@ -1,0 +1,128 @@
+"""The long-lived pieces every run needs, built once per process: Redis, the throttled Slack sender,
+the approvals, the runner, the backup store and its catalogue.
+
+Why a module of its own: `bot/app.py` builds the Slack app and serves it; what a run needs is the
+same in Socket Mode, in HTTP mode and in tests that start the bot as a process, so it is built
+here and `app.py` only opens and closes it.
+
+A restarted bot recovers the runs of a dead instance (`Runner.recover_interrupted()`): at start,
+and again every `recover_every` seconds, because a bot killed a moment ago still counts as alive
+until its presence key expires (`RunnerPolicy.instance_ttl`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.approvals import RedisApprovals, SlackApproverCheck
+from bot.audit import Audit
+from bot.backups import BackupStore, Catalogue
+from bot.clusters import Clusters
+from bot.config import Settings
+from bot.log import get_logger
+from bot.procedure import Procedure, StepContext, StepId, StepResult
+from bot.progress import ThrottledSender
+from bot.runner import Heartbeat, Runner
+from bot.store import Run
+from bot.tasks import cancel_and_wait
+from procedures import backup as backup_procedure
+
+log = get_logger(__name__)
+
+REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clusters: Clusters
+    redis: aioredis.Redis
+    client: AsyncWebClient
+    sender: ThrottledSender
+    runner: Runner
+    store: BackupStore
+    catalogue: Catalogue
+    recover_every: float = 10.0
+    _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def procedure(self, name: str, parameters: Mapping[str, Any]) -> Procedure:
+        """Name -> Procedure: what the runner calls to rebuild a stored run's steps after a restart."""
+        if name == backup_procedure.NAME:
+            return backup_procedure.build(store=self.store, catalogue=self.catalogue)
+        raise KeyError(f"no procedure named {name!r}")
+
+    def context(self, *, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
+        cluster = self.settings.cluster(run.cluster)
+        if cluster is None:
+            raise KeyError(f"cluster {run.cluster!r} is no longer configured")
+        return StepContext(
+            run_id=run.id, cluster=cluster, settings=self.settings, parameters=run.parameters,
+            kube=self.clusters.kube(run.cluster),  # type: ignore[arg-type]
+            hosts=self.clusters.hosts(run.cluster),  # type: ignore[arg-type]
+            results=results, heartbeat=heartbeat, requester=run.requester,
+        )
+
+    async def open(self) -> None:
+        await self.runner.open()
+        await self._recover()
+        self._recovery = asyncio.create_task(self._keep_recovering(), name="etcdbot-recovery")
+
+    async def _recover(self) -> None:
+        try:
+            for run in await self.runner.recover_interrupted():
+                log.warning("run.interrupted_recovered", run_id=run.id, cluster=run.cluster, procedure=run.procedure)
+        except (OSError, aioredis.RedisError) as exc:
+            log.warning("run.recovery_failed", error=str(exc))
+
+    async def _keep_recovering(self) -> None:
+        while self._recovery is not None:
+            await asyncio.sleep(self.recover_every)
+            await self._recover()
+
+    async def close(self) -> None:
+        recovery, self._recovery = self._recovery, None
+        if recovery is not None:
+            await cancel_and_wait(recovery)
+        with contextlib.suppress(Exception):  # stopping: Redis may already be gone
+            await self.runner.close()
+        await self.sender.close()
+        await self.redis.aclose()
+        if self.client.session is not None:
+            await self.client.session.close()
+
+
+def build_services(settings: Settings, *, clusters: Clusters) -> Services:
+    """Everything a run needs; nothing is connected until `open()`."""
+    redis = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+    )
+    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
+                            timeout=30)
+    sender = ThrottledSender(client=client)
+    approvals = RedisApprovals(
+        redis=redis, sender=sender, group=settings.approver_usergroup, audit=Audit(redis=redis),
+        is_approver=SlackApproverCheck(client=client, usergroup=settings.approver_usergroup),
+    )
+    store = BackupStore(root=settings.backup_dir, keys_root=settings.backup_keys_dir,
+                        copy_rate=settings.backup_copy_rate)
+    catalogue = Catalogue(redis=redis)
+    holder: dict[str, Services] = {}
+
+    def procedures(name: str, parameters: Mapping[str, Any]) -> Procedure:
+        return holder["services"].procedure(name, parameters)
+
+    def context(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
+        return holder["services"].context(run=run, results=results, heartbeat=heartbeat)
+
+    runner = Runner(redis=redis, sender=sender, approvals=approvals, context_factory=context, procedures=procedures)
+    services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
+                        runner=runner, store=store, catalogue=catalogue)
+    holder["services"] = services
+    return services
