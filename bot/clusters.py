@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot.cluster.hosts import Hosts, SshTarget
 from bot.cluster.kube import KubeClient
 from bot.config import ClusterSettings, Settings
+from procedures.backup import Preflight, preflight
 from procedures.diagnosis import Diagnosis, diagnose
 from procedures.facts import ClusterFacts
 from procedures.status import DEFAULT_TIMEOUTS, Timeouts, gather_facts
@@ -60,6 +61,11 @@ class Clusters:
         facts = await gather_facts(cluster=name, kube=self.kube(name), hosts=self.hosts(name),
                                    timeouts=self._timeouts, expected_back=expected_back)
         return StatusReport(facts=facts, diagnosis=diagnose(facts))
+
+    async def backup_preflight(self, name: str, *, pick: bool = False) -> Preflight:
+        """Ch.1's questions before a backup (install time, version, proxy, encryption; with `pick`,
+        the master a run would use now); API reads only."""
+        return await preflight(kube=self.kube(name), hosts=self.hosts(name), pick=pick)
 
     def _require(self, name: str) -> ClusterSettings:
         cluster = self._settings.cluster(name)

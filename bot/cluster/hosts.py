@@ -10,12 +10,14 @@ a status check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import yaml
@@ -95,17 +97,7 @@ class Hosts:
 
         try:
             async with asyncio.timeout(timeout):
-                async with asyncssh.connect(
-                    target.host,
-                    port=target.port,
-                    username=target.user,
-                    client_keys=[str(target.private_key)],
-                    known_hosts=str(target.known_hosts),
-                    connect_timeout=min(target.connect_timeout, timeout),
-                    agent_path=None,
-                    # A host key we do not know is refused; a proxy or config file must not redirect us.
-                    config=None,
-                ) as conn:
+                async with self._connect(target, timeout=timeout) as conn:
                     completed = await conn.run(command, check=False)
         except TimeoutError:
             return result(None, error=f"no answer from {node} within {timeout:.0f}s")
@@ -113,6 +105,53 @@ class Hosts:
             return result(None, error=f"SSH to {node} failed: {exc}")
         rc = completed.exit_status if completed.exit_status is not None else -1
         return result(rc, _text(completed.stdout), _text(completed.stderr))
+
+
+    @staticmethod
+    def _connect(target: SshTarget, *, timeout: float) -> Any:  # asyncssh's awaitable context manager
+        return asyncssh.connect(
+            target.host,
+            port=target.port,
+            username=target.user,
+            client_keys=[str(target.private_key)],
+            known_hosts=str(target.known_hosts),
+            connect_timeout=min(target.connect_timeout, timeout),
+            agent_path=None,
+            # A host key we do not know is refused; a proxy or config file must not redirect us.
+            config=None,
+        )
+
+    async def read_file(
+        self, *, node: str, path: str, chunk_size: int = 1 << 20, idle_timeout: float = 60.0
+    ) -> AsyncIterator[bytes]:
+        """Streams a file off a master over SFTP, `chunk_size` bytes at a time (asyncssh splits each
+        read into parallel requests). Each chunk must arrive within `idle_timeout`; a dropped
+        connection raises `HostCopyError`. Memory stays at about one chunk."""
+        target = self.target(node)
+        if "\x00" in path or "\n" in path:
+            raise UnsafeCommandError(f"path {path!r} holds a control character")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout(idle_timeout):
+                    conn = await stack.enter_async_context(self._connect(target, timeout=idle_timeout))
+                    sftp = await stack.enter_async_context(await conn.start_sftp_client())
+                    remote = await stack.enter_async_context(await sftp.open(path, "rb"))
+                offset = 0
+                while True:
+                    async with asyncio.timeout(idle_timeout):
+                        chunk = await remote.read(chunk_size, offset)
+                    if not chunk:
+                        return
+                    offset += len(chunk)
+                    yield chunk
+        except TimeoutError:
+            raise HostCopyError(f"{node} sent nothing for {idle_timeout:.0f} s while copying {path}") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise HostCopyError(f"copying {path} from {node} failed: {exc}") from exc
+
+
+class HostCopyError(Exception):
+    """A file could not be streamed off a master (connection lost, no such file, timeout)."""
 
 
 def _text(data: object) -> str:

@@ -39,6 +39,7 @@ ETCDS = ("operator.openshift.io", "v1", "etcds")
 MACHINES = ("machine.openshift.io", "v1beta1", "machines")
 CLUSTER_VERSIONS = ("config.openshift.io", "v1", "clusterversions")
 PROXIES = ("config.openshift.io", "v1", "proxies")
+APISERVERS = ("config.openshift.io", "v1", "apiservers")
 CLUSTER_OPERATORS = ("config.openshift.io", "v1", "clusteroperators")
 
 
@@ -131,6 +132,10 @@ class KubeClient:
 
     async def get_proxy(self) -> dict[str, Any]:
         return await self.get_cluster_object(PROXIES, "cluster")
+
+    async def get_apiserver(self) -> dict[str, Any]:
+        """`apiserver/cluster`: `spec.encryption.type` says whether etcd encryption is on."""
+        return await self.get_cluster_object(APISERVERS, "cluster")
 
     async def list_cluster_operators(self) -> list[dict[str, Any]]:
         return await self.list_cluster_objects(CLUSTER_OPERATORS)

@@ -1,0 +1,300 @@
+"""The backup store (a directory) and its catalogue (Redis): where a backup lands, how it lands
+whole or not at all, and how it is listed.
+
+Why it is built this way:
+- A backup is written under `.incoming/<run id>/` and renamed into place only after both files
+  were checksummed while streaming and matched the master's `sha256sum`; a crash, a dropped SSH
+  connection or a full disk leaves at most an `.incoming` directory, never a half backup in the
+  catalogue. The catalogue entry is written after the rename, and `metadata.json` beside the files
+  holds the same record, so the catalogue can be rebuilt from the disk alone.
+- With etcd encryption on, the static resources tarball holds the encryption keys; the document
+  says to keep it apart from the snapshot, so `placement()` sends it to another tree
+  (`keys_root`), which a deployment can put on another volume.
+- Files are streamed in chunks with a bounded read-ahead: the bot's memory does not grow with the
+  size of etcd.
+
+Not here: how bytes leave a master (bot/cluster/hosts.py), which steps run when (procedures/backup.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+BACKUP_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[A-Za-z0-9-]{1,64}$")
+INCOMING = ".incoming"
+METADATA = "metadata.json"
+SPACE_FACTOR = 1.2  # free space needed, as a multiple of the bytes to copy
+STALE_INCOMING_SECONDS = 24 * 3600
+
+
+class StoreError(Exception):
+    """The store cannot take this backup (full disk, unwritable); the text says what to do."""
+
+
+def new_backup_id(*, run_id: str, at: float) -> str:
+    """'20261127-081409-a1b2c3d4': sorts by time, unique per run, safe in a path and a shell."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(at)) + f"-{run_id}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one backup's two files go. `resources_dir == snapshot_dir` unless encryption is on."""
+
+    snapshot_dir: Path
+    resources_dir: Path
+
+    @property
+    def apart(self) -> bool:
+        return self.snapshot_dir != self.resources_dir
+
+
+def placement(*, root: Path, keys_root: Path, cluster: str, backup_id: str, encrypted: bool) -> Placement:
+    """The snapshot always under `root/<cluster>/<id>`; the tarball beside it, or, with etcd
+    encryption on (the tarball then holds the keys), under `keys_root/<cluster>/<id>`."""
+    if not BACKUP_ID_RE.fullmatch(backup_id):
+        raise ValueError(f"{backup_id!r} is not a backup id")
+    snapshot_dir = root / cluster / backup_id
+    if not encrypted:
+        return Placement(snapshot_dir=snapshot_dir, resources_dir=snapshot_dir)
+    if keys_root.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"the keys directory {keys_root} must not be inside the backup directory {root}")
+    return Placement(snapshot_dir=snapshot_dir, resources_dir=keys_root / cluster / backup_id)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str
+    role: str  # "snapshot" or "resources"
+    size: int
+    sha256: str
+    path: str  # absolute path in the store
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """One verified backup, as the catalogue and metadata.json hold it."""
+
+    id: str
+    cluster: str
+    version: str  # the full cluster version (a restore needs the same z-stream)
+    revision: int
+    total_keys: int
+    snapshot_hash: int  # etcdctl snapshot status's hash
+    snapshot_size: int
+    files: tuple[StoredFile, ...]
+    host: str
+    started_at: float
+    finished_at: float
+    run_id: str
+    requester: str
+    verified: bool
+    encrypted: bool
+    host_dir: str
+
+    def for_storage(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = [asdict(f) for f in self.files]
+        return data
+
+    @classmethod
+    def from_storage(cls, data: Mapping[str, Any]) -> BackupRecord:
+        values = dict(data)
+        values["files"] = tuple(StoredFile(**f) for f in data.get("files", ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def file(self, role: str) -> StoredFile:
+        return next(f for f in self.files if f.role == role)
+
+
+@dataclass
+class Received:
+    size: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class BackupStore:
+    """The directory tree of backups. `copy_rate` (bytes/s, 0 = none) spares a master's network."""
+
+    root: Path
+    keys_root: Path | None = None
+    copy_rate: int = 0
+    _fsync: bool = field(default=True, repr=False)
+
+    @property
+    def keys(self) -> Path:
+        return self.keys_root or self.root.parent / f"{self.root.name}-keys"
+
+    def placement(self, *, cluster: str, backup_id: str, encrypted: bool) -> Placement:
+        return placement(root=self.root, keys_root=self.keys, cluster=cluster, backup_id=backup_id, encrypted=encrypted)
+
+    def incoming(self, *, run_id: str, encrypted: bool) -> Placement:
+        """The temporary directories a run writes into (on the same filesystems as the final ones,
+        so the rename is atomic)."""
+        snapshot_dir = self.root / INCOMING / run_id
+        resources_dir = self.keys / INCOMING / run_id if encrypted else snapshot_dir
+        return Placement(snapshot_dir=snapshot_dir, resources_dir=resources_dir)
+
+    def check_space(self, *, needed: int) -> None:
+        """Refuses before copying when the store has less than needed*1.2 bytes free."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        wanted = int(needed * SPACE_FACTOR)
+        if free < wanted:
+            raise StoreError(
+                f"the backup store {self.root} has {free:,} bytes free and this backup needs {wanted:,} "
+                f"({needed:,} bytes plus 20%)"
+            )
+
+    def prepare(self, *, run_id: str, encrypted: bool) -> Placement:
+        """Empty temporary directories for a run (a retried or resumed copy starts from zero)."""
+        self.discard(run_id=run_id)
+        self._sweep_stale()
+        target = self.incoming(run_id=run_id, encrypted=encrypted)
+        for directory in {target.snapshot_dir, target.resources_dir}:
+            directory.mkdir(parents=True, mode=0o700)
+        return target
+
+    def discard(self, *, run_id: str) -> None:
+        for base in (self.root, self.keys):
+            shutil.rmtree(base / INCOMING / run_id, ignore_errors=True)
+
+    def _sweep_stale(self) -> None:
+        """Temporary directories of runs that died a day ago or more."""
+        cutoff = time.time() - STALE_INCOMING_SECONDS
+        for base in (self.root, self.keys):
+            incoming = base / INCOMING
+            if not incoming.is_dir():
+                continue
+            for entry in incoming.iterdir():
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        shutil.rmtree(entry, ignore_errors=True)
+                except OSError:
+                    continue
+
+    async def receive(self, *, chunks: AsyncIterator[bytes], dest: Path) -> Received:
+        """Writes the chunks to `dest`, hashing them as they pass; memory stays at one chunk."""
+        digest = hashlib.sha256()
+        received = Received()
+        started = time.monotonic()
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            async for chunk in chunks:
+                digest.update(chunk)
+                await asyncio.to_thread(_write_all, fd, chunk)
+                received.size += len(chunk)
+                if self.copy_rate:
+                    ahead = received.size / self.copy_rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)  # the configured bandwidth limit
+            if self._fsync:
+                await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        received.sha256 = digest.hexdigest()
+        return received
+
+    def commit(self, *, record: BackupRecord, encrypted: bool) -> Placement:
+        """Writes metadata.json and renames the run's temporary directories into place. The
+        snapshot directory is renamed last: once it exists, the backup is whole."""
+        temp = self.incoming(run_id=record.run_id, encrypted=encrypted)
+        final = self.placement(cluster=record.cluster, backup_id=record.id, encrypted=encrypted)
+        if final.snapshot_dir.is_dir() and (final.snapshot_dir / METADATA).is_file():
+            return final  # committed before a restart
+        (temp.snapshot_dir / METADATA).write_text(json.dumps(record.for_storage(), indent=2, sort_keys=True) + "\n")
+        if final.apart:
+            final.resources_dir.parent.mkdir(parents=True, exist_ok=True)
+            (temp.resources_dir / METADATA).write_text(
+                json.dumps({"backup_id": record.id, "cluster": record.cluster, "snapshot_dir": str(final.snapshot_dir)})
+                + "\n"
+            )
+            if not final.resources_dir.exists():
+                os.rename(temp.resources_dir, final.resources_dir)
+        final.snapshot_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(temp.snapshot_dir, final.snapshot_dir)
+        if self._fsync:
+            _fsync_dir(final.snapshot_dir.parent)
+        return final
+
+    def records(self, *, cluster: str) -> list[BackupRecord]:
+        """Every committed backup of a cluster, from the metadata files (the catalogue's source of truth)."""
+        base = self.root / cluster
+        found = []
+        if base.is_dir():
+            for meta in sorted(base.glob(f"*/{METADATA}")):
+                try:
+                    found.append(BackupRecord.from_storage(json.loads(meta.read_text())))
+                except (ValueError, TypeError, KeyError):
+                    continue
+        return found
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Catalogue:
+    """Backups by cluster in Redis: `etcdbot:backup:<id>` (JSON) and `etcdbot:backups:<cluster>`
+    (a sorted set by finish time). Only verified, committed backups are ever added."""
+
+    def __init__(self, *, redis: aioredis.Redis, prefix: str = "etcdbot") -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, backup_id: str) -> str:
+        return f"{self._prefix}:backup:{backup_id}"
+
+    def _index(self, cluster: str) -> str:
+        return f"{self._prefix}:backups:{cluster}"
+
+    async def add(self, record: BackupRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(record.id), json.dumps(record.for_storage(), sort_keys=True))
+            pipe.zadd(self._index(record.cluster), {record.id: record.finished_at})
+            await pipe.execute()
+
+    async def get(self, backup_id: str) -> BackupRecord | None:
+        raw = await self._redis.get(self._key(backup_id))
+        return BackupRecord.from_storage(json.loads(raw)) if raw else None
+
+    async def list(self, *, cluster: str, limit: int = 20) -> list[BackupRecord]:
+        """Newest first."""
+        ids = await self._redis.zrevrange(self._index(cluster), 0, limit - 1)
+        if not ids:
+            return []
+        raws = await self._redis.mget([self._key(i.decode() if isinstance(i, bytes) else i) for i in ids])
+        return [BackupRecord.from_storage(json.loads(r)) for r in raws if r]
+
+    async def rebuild(self, records: Sequence[BackupRecord]) -> int:
+        """Adds the given records (from `BackupStore.records()`) that the catalogue lacks."""
+        added = 0
+        for record in records:
+            if not await self._redis.exists(self._key(record.id)):
+                await self.add(record)
+                added += 1
+        return added

@@ -1,0 +1,635 @@
+"""Chapter 1, "Backing up etcd data", as steps the runner drives.
+
+The document's procedure is: on ONE master with a running etcd (never one per master), with the
+cluster-wide proxy exported, run `/usr/local/bin/cluster-backup.sh /home/core/assets/backup`;
+it writes `snapshot_<ts>.db` and `static_kuberesources_<ts>.tar.gz`. Around that the bot adds
+what a careful person adds: it refuses during the first 24 h (the backup would hold certificates
+about to expire), picks a master whose member is healthy and moves on to the next one when a
+master does not answer, verifies the snapshot (`etcdctl snapshot status`), copies both files off
+the host checksummed, records the cluster version (a restore needs the same z-stream) and cleans
+the host's copy.
+
+One choice differs from the page: each run writes into its own directory,
+`/home/core/assets/backup/<run id>`. The document's directory would mix runs, and
+`cluster-restore.sh` takes the newest file of each kind in a directory: two runs' files side by
+side are how a snapshot gets restored with another run's static resources. A run directory also
+makes "clean the host's copy" one `rm -rf` of a path the bot built itself.
+
+Steps are safe to repeat (Resume after a crash): the script step clears its run directory first,
+the copy step starts from an empty temporary directory, recording is idempotent.
+
+Pure helpers (install time, peak hours, proxy env, encryption, candidates, etcdctl/sha256sum
+parsing, commands) are module functions, unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as daytime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.backups import BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
+from bot.cluster.etcdctl import human_size
+from bot.cluster.hosts import CommandResult, HostCopyError, Hosts, shell_command
+from bot.cluster.kube import KubeClient, KubeError
+from bot.procedure import (
+    PlannedCommand,
+    Procedure,
+    Step,
+    StepContext,
+    StepFailed,
+    StepId,
+    StepKind,
+    StepResult,
+)
+from procedures.facts import ClusterFacts
+from procedures.status import gather_facts
+
+NAME = "backup"
+TITLE = "Backing up etcd data"
+HOST_BACKUP_ROOT = "/home/core/assets/backup"
+BACKUP_SCRIPT = "/usr/local/bin/cluster-backup.sh"
+MIN_AGE = timedelta(hours=24)
+RUN_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+NODE_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+SNAPSHOT_RE = re.compile(r"^snapshot_[0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{6}\.db$")
+RESOURCES_RE = re.compile(r"^static_kuberesources_[0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{6}\.tar\.gz$")
+PROXY_VALUE_RE = re.compile(r"^[A-Za-z0-9:/._,@%*=+~\[\]-]{1,4096}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMAND_TIMEOUT = 60.0
+SCRIPT_TIMEOUT = 600.0
+
+S_PREREQS = StepId("ch1.check-prerequisites")
+S_PICK = StepId("ch1.pick-master")
+S_SCRIPT = StepId("ch1.run-backup-script")
+S_VERIFY = StepId("ch1.verify-snapshot")
+S_COPY = StepId("ch1.copy-off-host")
+S_RECORD = StepId("ch1.record-metadata")
+S_CLEAN = StepId("ch1.clean-host")
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def installed_at(cluster_version: Mapping[str, Any]) -> datetime | None:
+    """When installation completed: the OLDEST history entry (OpenShift lists newest first), its
+    completionTime, else its startedTime, else the object's creation time."""
+    history = (cluster_version.get("status") or {}).get("history") or []
+    if history:
+        first = history[-1]
+        found = _parse_time(first.get("completionTime")) or _parse_time(first.get("startedTime"))
+        if found:
+            return found
+    return _parse_time((cluster_version.get("metadata") or {}).get("creationTimestamp"))
+
+
+def full_version(cluster_version: Mapping[str, Any]) -> str | None:
+    """The version a restore must match: the newest Completed history entry, else desired."""
+    status = cluster_version.get("status") or {}
+    for entry in status.get("history") or []:
+        if entry.get("state") == "Completed" and entry.get("version"):
+            return str(entry["version"])
+    desired = (status.get("desired") or {}).get("version")
+    return str(desired) if desired else None
+
+
+def possible_at(installed: datetime) -> datetime:
+    return installed + MIN_AGE
+
+
+def too_young(*, installed: datetime | None, now: datetime) -> bool:
+    return installed is not None and now < possible_at(installed)
+
+
+def in_peak_hours(*, now: datetime, window: tuple[daytime, daytime], timezone: str) -> bool:
+    """Is `now` inside [start, end) in the cluster's time zone? A window may cross midnight."""
+    local = now.astimezone(ZoneInfo(timezone)).time().replace(tzinfo=None)
+    start, end = window
+    if start == end:
+        return False
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def proxy_env(proxy: Mapping[str, Any]) -> dict[str, str]:
+    """HTTP_PROXY / HTTPS_PROXY / NO_PROXY from `proxy/cluster` spec, for the backup script.
+    Values go into a command line: anything but URL and host-list characters is refused."""
+    spec = proxy.get("spec") or {}
+    env = {}
+    for field, name in (("httpProxy", "HTTP_PROXY"), ("httpsProxy", "HTTPS_PROXY"), ("noProxy", "NO_PROXY")):
+        value = spec.get(field)
+        if not value:
+            continue
+        value = str(value)
+        if not PROXY_VALUE_RE.fullmatch(value):
+            raise StepFailed(
+                f"proxy/cluster spec.{field} holds characters a proxy setting does not need; the bot will not pass it to a shell",
+                next_action="Check `oc get proxy cluster -o yaml`, or take the backup by hand as the document shows.",
+            )
+        env[name] = value
+    return env
+
+
+def encryption_on(apiserver: Mapping[str, Any] | None) -> bool:
+    """etcd encryption is on when `apiserver/cluster` spec.encryption.type is set to anything but identity."""
+    if not apiserver:
+        return False
+    kind = str(((apiserver.get("spec") or {}).get("encryption") or {}).get("type") or "")
+    return kind not in ("", "identity")
+
+
+def candidates(facts: ClusterFacts, *, ssh_nodes: Sequence[str]) -> list[str]:
+    """Masters whose etcd member is started and healthy, on a Ready node we can SSH to; followers
+    first (a snapshot loads the member that serves it), then by name for a stable choice."""
+    not_ready = {n.name for n in facts.nodes if n.not_ready}
+    healthy = [m for m in facts.members if m.healthy and m.started and not m.learner]
+    usable = [m for m in healthy if m.name in ssh_nodes and m.name not in not_ready and NODE_RE.fullmatch(m.name)]
+    return [m.name for m in sorted(usable, key=lambda m: (bool(m.leader), m.name))]
+
+
+@dataclass(frozen=True)
+class SnapshotStatus:
+    hash: int
+    revision: int
+    total_keys: int
+    total_size: int
+
+
+def parse_snapshot_status(stdout: str) -> SnapshotStatus:
+    """`etcdctl snapshot status FILE -w json`: {"hash":..,"revision":..,"totalKey":..,"totalSize":..}."""
+    try:
+        raw = json.loads(stdout.strip().splitlines()[-1])
+        return SnapshotStatus(hash=int(raw["hash"]), revision=int(raw["revision"]),
+                              total_keys=int(raw["totalKey"]), total_size=int(raw["totalSize"]))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"not etcdctl snapshot status JSON: {stdout.strip()[:200]!r}") from exc
+
+
+def parse_sha256sum(stdout: str) -> dict[str, str]:
+    """`sha256sum A B` -> {basename: hex}."""
+    found = {}
+    for line in stdout.splitlines():
+        digest, _, path = line.strip().partition("  ")
+        if SHA256_RE.fullmatch(digest) and path:
+            found[path.rsplit("/", 1)[-1]] = digest
+    return found
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    snapshot: str
+    snapshot_size: int
+    resources: str
+    resources_size: int
+
+
+def parse_listing(stdout: str) -> HostFiles:
+    """`find DIR -maxdepth 1 -type f -printf '%s\\t%f\\n'`: exactly one snapshot and one tarball."""
+    snapshots, tarballs = [], []
+    for line in stdout.splitlines():
+        size, _, name = line.partition("\t")
+        if not size.isdigit():
+            continue
+        if SNAPSHOT_RE.fullmatch(name):
+            snapshots.append((name, int(size)))
+        elif RESOURCES_RE.fullmatch(name):
+            tarballs.append((name, int(size)))
+    if len(snapshots) != 1 or len(tarballs) != 1:
+        raise ValueError(f"expected one snapshot_<ts>.db and one static_kuberesources_<ts>.tar.gz, found {stdout.strip()[:300]!r}")
+    return HostFiles(snapshot=snapshots[0][0], snapshot_size=snapshots[0][1],
+                     resources=tarballs[0][0], resources_size=tarballs[0][1])
+
+
+# ---- commands (each a list of validated values; the host shell gets them shlex-quoted) ------
+
+
+def host_dir(run_id: str) -> str:
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise ValueError(f"{run_id!r} is not a run id")
+    return f"{HOST_BACKUP_ROOT}/{run_id}"
+
+
+def clear_dir_command(directory: str) -> list[str]:
+    if not directory.startswith(HOST_BACKUP_ROOT + "/") or ".." in directory:
+        raise ValueError(f"refusing to remove {directory!r}")
+    return ["sudo", "rm", "-rf", "--", directory]
+
+
+def backup_script_command(*, directory: str, env: Mapping[str, str]) -> list[str]:
+    """`sudo [env HTTP_PROXY=...] /usr/local/bin/cluster-backup.sh DIR` (sudo resets the environment,
+    so the proxy goes through `env`)."""
+    exports = [f"{k}={v}" for k, v in sorted(env.items()) if k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")]
+    return ["sudo", *(["env", *exports] if exports else []), BACKUP_SCRIPT, directory]
+
+
+def own_command(*, directory: str, uid: str, gid: str) -> list[str]:
+    """The script writes root's 0600 files; SFTP runs as the SSH user, who must be able to read them."""
+    if not (uid.isdigit() and gid.isdigit()):
+        raise ValueError(f"not a uid:gid: {uid!r}:{gid!r}")
+    return ["sudo", "chown", "-R", f"{uid}:{gid}", directory]
+
+
+def listing_command(directory: str) -> list[str]:
+    return ["sudo", "find", directory, "-maxdepth", "1", "-type", "f", "-printf", "%s\\t%f\\n"]
+
+
+def snapshot_status_command(path: str) -> list[str]:
+    return ["sudo", "etcdctl", "snapshot", "status", path, "-w", "json"]
+
+
+def sha256_command(*paths: str) -> list[str]:
+    return ["sudo", "sha256sum", *paths]
+
+
+# ---- preflight: what the handler checks before a run, and what a dry run shows -------------
+
+
+@dataclass(frozen=True)
+class Preflight:
+    version: str | None
+    installed_at: datetime | None
+    encrypted: bool
+    proxy_on: bool
+    master: str | None = None  # the master a run would pick now (dry run only)
+    error: str = ""  # the API did not answer: nothing could be checked
+
+    def possible_at(self) -> datetime | None:
+        return possible_at(self.installed_at) if self.installed_at else None
+
+
+async def preflight(*, kube: KubeClient | None, hosts: Hosts | None, pick: bool = False) -> Preflight:
+    """API reads only (clusterversion, proxy, apiserver; with `pick`, the member health too)."""
+    if kube is None:
+        return Preflight(version=None, installed_at=None, encrypted=False, proxy_on=False, error="no kubeconfig")
+    try:
+        cv, proxy, apiserver = await asyncio.gather(kube.get_cluster_version(), kube.get_proxy(), _apiserver(kube))
+    except KubeError as exc:
+        return Preflight(version=None, installed_at=None, encrypted=False, proxy_on=False, error=str(exc))
+    master = None
+    if pick:
+        facts = await gather_facts(cluster="", kube=kube, hosts=hosts)
+        found = candidates(facts, ssh_nodes=hosts.nodes if hosts else ())
+        master = found[0] if found else None
+    return Preflight(version=full_version(cv), installed_at=installed_at(cv), encrypted=encryption_on(apiserver),
+                     proxy_on=bool((proxy.get("spec") or {}).get("httpProxy") or (proxy.get("spec") or {}).get("httpsProxy")),
+                     master=master)
+
+
+async def _apiserver(kube: KubeClient) -> dict[str, Any] | None:
+    try:
+        return await kube.get_apiserver()
+    except KubeError as exc:
+        if exc.status == 404:  # no apiserver/cluster object (or resource): no encryption configured
+            return None
+        raise
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+
+def _kube(ctx: StepContext) -> KubeClient:
+    if ctx.kube is None:
+        raise StepFailed("the cluster's API is not configured (no kubeconfig)", next_action="Fix ETCDBOT_CLUSTERS.")
+    return ctx.kube  # type: ignore[return-value]
+
+
+def _hosts(ctx: StepContext) -> Hosts:
+    if ctx.hosts is None:
+        raise StepFailed(
+            "no SSH access to the masters is configured for this cluster",
+            next_action="Add `ssh` (user, key, known_hosts, hosts) to the cluster in ETCDBOT_CLUSTERS.",
+        )
+    return ctx.hosts  # type: ignore[return-value]
+
+
+def _value(ctx: StepContext, step: StepId, key: str) -> Any:
+    result = ctx.results.get(step)
+    if result is None or key not in result.values:
+        raise StepFailed(f"internal: step {step} left no {key}", next_action="Start the backup again.")
+    return result.values[key]
+
+
+def _fail_text(result: CommandResult) -> str:
+    if result.rc is None:
+        return result.error or "no answer"
+    return (result.stderr.strip() or result.stdout.strip())[-300:] or f"exit code {result.rc}"
+
+
+async def check_prerequisites(ctx: StepContext) -> StepResult:
+    kube = _kube(ctx)
+    try:
+        cv, apiserver = await asyncio.gather(kube.get_cluster_version(), _apiserver(kube))
+    except KubeError as exc:
+        raise StepFailed(f"could not read the cluster version: {exc}", retryable=True,
+                         next_action=f"Check the API with `/etcd-status {ctx.cluster.name}`.") from exc
+    version = full_version(cv)
+    if not version:
+        raise StepFailed("clusterversion/version names no version; a backup without one cannot be matched to a restore",
+                         next_action="Check `oc get clusterversion`.")
+    installed = installed_at(cv)
+    now = datetime.now(UTC)
+    if too_young(installed=installed, now=now):
+        assert installed is not None
+        raise StepFailed(
+            f"the cluster was installed at {installed:%Y-%m-%d %H:%M} UTC; before the first certificate rotation "
+            "(24 h after installation) a backup would hold expired certificates",
+            next_action=f"Take the backup after {possible_at(installed):%Y-%m-%d %H:%M} UTC.",
+        )
+    encrypted = encryption_on(apiserver)
+    summary = f"OpenShift {version}; installed {installed:%Y-%m-%d %H:%M} UTC" if installed else f"OpenShift {version}"
+    summary += "; etcd encryption ON: the static resources go apart from the snapshot" if encrypted else ""
+    return StepResult(summary=summary, values={
+        "version": version, "installed_at": installed.timestamp() if installed else None, "encrypted": encrypted,
+    })
+
+
+async def pick_master(ctx: StepContext) -> StepResult:
+    hosts = _hosts(ctx)
+    facts = await gather_facts(cluster=ctx.cluster.name, kube=ctx.kube, hosts=hosts)  # type: ignore[arg-type]
+    found = candidates(facts, ssh_nodes=hosts.nodes)
+    if not found:
+        unhealthy = ", ".join(m.name for m in facts.members if not m.healthy) or "unknown"
+        raise StepFailed(
+            f"no master has a healthy etcd member reachable over SSH (unhealthy: {unhealthy})",
+            next_action=f"See `/etcd-status {ctx.cluster.name}`; a backup needs one master with a running etcd.",
+            retryable=True,
+        )
+    skipped = sorted({m.name for m in facts.members} - set(found))
+    summary = f"{found[0]} (healthy members: {', '.join(found)})"
+    if skipped:
+        summary += f"; not used: {', '.join(skipped)}"
+    return StepResult(summary=summary, values={"candidates": found})
+
+
+def _pick_plan(ctx: StepContext) -> list[PlannedCommand]:
+    return [
+        PlannedCommand("api", "oc get etcd cluster; oc get clusterversion; oc get nodes; oc get pods -n openshift-etcd"),
+        PlannedCommand("exec etcd-<node> -c etcdctl", "etcdctl member list / endpoint status / endpoint health -w json"),
+    ]
+
+
+async def _ssh_ids(hosts: Hosts, node: str) -> tuple[str, str] | CommandResult:
+    result = await hosts.run(node=node, argv=["id", "-u"], timeout=COMMAND_TIMEOUT)
+    if not result.ok:
+        return result
+    group = await hosts.run(node=node, argv=["id", "-g"], timeout=COMMAND_TIMEOUT)
+    if not group.ok:
+        return group
+    return result.stdout.strip(), group.stdout.strip()
+
+
+async def run_backup_script(ctx: StepContext) -> StepResult:
+    """On the first candidate that works: clear the run directory, run the script, own and list
+    the files. A master that does not answer, or whose script fails, hands over to the next one."""
+    hosts = _hosts(ctx)
+    kube = _kube(ctx)
+    try:
+        env = proxy_env(await kube.get_proxy())
+    except KubeError as exc:
+        raise StepFailed(f"could not read proxy/cluster: {exc}", retryable=True) from exc
+    directory = host_dir(ctx.run_id)
+    errors: list[str] = []
+    for node in _value(ctx, S_PICK, "candidates"):
+        await ctx.heartbeat(f"running cluster-backup.sh on {node}" + (f" (after: {'; '.join(errors)})" if errors else ""))
+        started = time.time()
+        ids = await _ssh_ids(hosts, node)
+        if isinstance(ids, CommandResult):
+            errors.append(f"{node}: {_fail_text(ids)}")
+            continue
+        cleared = await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+        script = await hosts.run(node=node, argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT) \
+            if cleared.ok else cleared
+        if not script.ok:
+            errors.append(f"{node}: {_fail_text(script)}")
+            await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+            continue
+        owned = await hosts.run(node=node, argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
+        listed = await hosts.run(node=node, argv=listing_command(directory), timeout=COMMAND_TIMEOUT) if owned.ok else owned
+        try:
+            if not listed.ok:
+                raise ValueError(_fail_text(listed))
+            files = parse_listing(listed.stdout)
+        except ValueError as exc:
+            errors.append(f"{node}: {exc}")
+            await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+            continue
+        moved = f" (moved on from {'; '.join(errors)})" if errors else ""
+        return StepResult(
+            summary=f"on {node}: {files.snapshot} ({human_size(files.snapshot_size)}), {files.resources}{moved}",
+            output=script.stdout[-3000:],
+            values={"host": node, "dir": directory, "snapshot": files.snapshot, "snapshot_size": files.snapshot_size,
+                    "resources": files.resources, "resources_size": files.resources_size, "started_at": started,
+                    "moved_from": errors},
+        )
+    raise StepFailed(
+        "the backup script did not succeed on any healthy master: " + "; ".join(errors),
+        next_action=f"Check the masters with `/etcd-status {ctx.cluster.name}`, then start `/etcd-backup` again.",
+    )
+
+
+def _script_plan(ctx: StepContext) -> list[PlannedCommand]:
+    node = str(ctx.parameters.get("master") or "<the first healthy master>")
+    directory = _plan_dir(ctx)
+    env = {"HTTP_PROXY": "<proxy/cluster>", "HTTPS_PROXY": "<proxy/cluster>", "NO_PROXY": "<proxy/cluster>"} \
+        if ctx.parameters.get("proxy") == "on" else {}
+    target = f"ssh core@{node}"
+    return [
+        PlannedCommand("api", "oc get proxy cluster -o json"),
+        PlannedCommand(target, "id -u; id -g"),
+        PlannedCommand(target, shell_command(["sudo", "rm", "-rf", "--", directory])),
+        PlannedCommand(target, " ".join(backup_script_command(directory=directory, env=env))),
+        PlannedCommand(target, shell_command(["sudo", "chown", "-R", "<uid>:<gid>", directory])),
+        PlannedCommand(target, shell_command(listing_command(directory))),
+        PlannedCommand("(other healthy masters)", "the same, in order, if this master does not answer or the script fails"),
+    ]
+
+
+def _plan_dir(ctx: StepContext) -> str:
+    """The run directory a plan names (a dry run has no run id yet)."""
+    if ctx.run_id == "dry-run" or not RUN_ID_RE.fullmatch(ctx.run_id):
+        return f"{HOST_BACKUP_ROOT}/<run id>"
+    return host_dir(ctx.run_id)
+
+
+def _files(ctx: StepContext) -> tuple[str, str, str, str]:
+    node = _value(ctx, S_SCRIPT, "host")
+    directory = _value(ctx, S_SCRIPT, "dir")
+    return node, directory, f"{directory}/{_value(ctx, S_SCRIPT, 'snapshot')}", f"{directory}/{_value(ctx, S_SCRIPT, 'resources')}"
+
+
+async def verify_snapshot(ctx: StepContext) -> StepResult:
+    hosts = _hosts(ctx)
+    node, directory, snapshot, resources = _files(ctx)
+    status_run, sums_run = await asyncio.gather(
+        hosts.run(node=node, argv=snapshot_status_command(snapshot), timeout=SCRIPT_TIMEOUT),
+        hosts.run(node=node, argv=sha256_command(snapshot, resources), timeout=SCRIPT_TIMEOUT),
+    )
+    if status_run.rc is None or sums_run.rc is None:
+        raise StepFailed(f"{node} did not answer: {_fail_text(status_run if status_run.rc is None else sums_run)}",
+                         retryable=True, next_action="Check the master, then start `/etcd-backup` again.")
+    what_to_do = (f"The copy on {node} ({directory}) was removed and nothing was stored. Check etcd with "
+                  f"`/etcd-status {ctx.cluster.name}` and start `/etcd-backup` again; it will pick a healthy master.")
+    try:
+        if not status_run.ok:
+            raise ValueError(_fail_text(status_run))
+        status = parse_snapshot_status(status_run.stdout)
+        if status.total_keys <= 0 or status.revision <= 0:
+            raise ValueError(f"the snapshot holds {status.total_keys} keys at revision {status.revision}")
+        sums = parse_sha256sum(sums_run.stdout)
+        names = (snapshot.rsplit("/", 1)[-1], resources.rsplit("/", 1)[-1])
+        if not sums_run.ok or any(n not in sums for n in names):
+            raise ValueError(f"sha256sum failed: {_fail_text(sums_run)}")
+    except ValueError as exc:
+        await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+        raise StepFailed(f"the snapshot on {node} failed verification: {exc}", next_action=what_to_do) from exc
+    return StepResult(
+        summary=(f"hash {status.hash}, revision {status.revision}, {status.total_keys} keys, "
+                 f"{human_size(status.total_size)}"),
+        values={"hash": status.hash, "revision": status.revision, "total_keys": status.total_keys,
+                "total_size": status.total_size, "sha256": {n: sums[n] for n in names}},
+    )
+
+
+def _verify_plan(ctx: StepContext) -> list[PlannedCommand]:
+    node = str(ctx.parameters.get("master") or "<the master>")
+    return [
+        PlannedCommand(f"ssh core@{node}", "sudo etcdctl snapshot status <dir>/snapshot_<ts>.db -w json"),
+        PlannedCommand(f"ssh core@{node}", "sudo sha256sum <dir>/snapshot_<ts>.db <dir>/static_kuberesources_<ts>.tar.gz"),
+    ]
+
+
+def build(*, store: BackupStore, catalogue: Catalogue) -> Procedure:
+    """The chapter 1 procedure, writing into `store` and recording in `catalogue`."""
+
+    async def copy_off_host(ctx: StepContext) -> StepResult:
+        hosts = _hosts(ctx)
+        node, _directory, snapshot, resources = _files(ctx)
+        expected: dict[str, str] = _value(ctx, S_VERIFY, "sha256")
+        encrypted = bool(_value(ctx, S_PREREQS, "encrypted"))
+        sizes = {snapshot: int(_value(ctx, S_SCRIPT, "snapshot_size")), resources: int(_value(ctx, S_SCRIPT, "resources_size"))}
+        try:
+            store.check_space(needed=sum(sizes.values()))
+        except StoreError as exc:
+            raise StepFailed(f"{exc}. Nothing was copied.",
+                             next_action="Free space in the backup store (or enlarge it), then start `/etcd-backup` again.") from exc
+        target = store.prepare(run_id=ctx.run_id, encrypted=encrypted)
+        copied: dict[str, dict[str, Any]] = {}
+        try:
+            for path, dest_dir, role in ((snapshot, target.snapshot_dir, "snapshot"), (resources, target.resources_dir, "resources")):
+                name = path.rsplit("/", 1)[-1]
+                await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {node}")
+                got = await store.receive(chunks=hosts.read_file(node=node, path=path), dest=dest_dir / name)
+                if got.size != sizes[path] or got.sha256 != expected[name]:
+                    raise StepFailed(
+                        f"{name} arrived with sha256 {got.sha256[:16]}… ({got.size} bytes); the master's sha256sum "
+                        f"says {expected[name][:16]}… ({sizes[path]} bytes)",
+                        retryable=True, next_action="Nothing was stored. Start `/etcd-backup` again.",
+                    )
+                copied[name] = {"role": role, "size": got.size, "sha256": got.sha256}
+        except HostCopyError as exc:
+            store.discard(run_id=ctx.run_id)
+            raise StepFailed(
+                f"{exc}. The partial copy was deleted; nothing was stored",
+                retryable=True,
+                next_action=(f"The files are still on {node} in {_directory}. Check SSH to {node} with "
+                             f"`/etcd-status {ctx.cluster.name}` and start `/etcd-backup` again."),
+            ) from exc
+        except BaseException:
+            store.discard(run_id=ctx.run_id)
+            raise
+        total = sum(c["size"] for c in copied.values())
+        return StepResult(summary=f"{len(copied)} files, {human_size(total)}, sha256 match the master's",
+                          values={"files": copied, "encrypted": encrypted})
+
+    async def record_metadata(ctx: StepContext) -> StepResult:
+        started = float(_value(ctx, S_SCRIPT, "started_at"))
+        backup_id = new_backup_id(run_id=ctx.run_id, at=started)
+        encrypted = bool(_value(ctx, S_COPY, "encrypted"))
+        final = store.placement(cluster=ctx.cluster.name, backup_id=backup_id, encrypted=encrypted)
+        files = []
+        for name, info in sorted(_value(ctx, S_COPY, "files").items()):
+            where = final.snapshot_dir if info["role"] == "snapshot" else final.resources_dir
+            files.append(StoredFile(name=name, role=info["role"], size=int(info["size"]), sha256=info["sha256"],
+                                    path=str(where / name)))
+        record = BackupRecord(
+            id=backup_id, cluster=ctx.cluster.name, version=str(_value(ctx, S_PREREQS, "version")),
+            revision=int(_value(ctx, S_VERIFY, "revision")), total_keys=int(_value(ctx, S_VERIFY, "total_keys")),
+            snapshot_hash=int(_value(ctx, S_VERIFY, "hash")), snapshot_size=int(_value(ctx, S_VERIFY, "total_size")),
+            files=tuple(files), host=str(_value(ctx, S_SCRIPT, "host")), started_at=started, finished_at=time.time(),
+            run_id=ctx.run_id, requester=ctx.requester, verified=True, encrypted=encrypted,
+            host_dir=str(_value(ctx, S_SCRIPT, "dir")),
+        )
+        try:
+            placed = store.commit(record=record, encrypted=encrypted)
+        except OSError as exc:
+            store.discard(run_id=ctx.run_id)
+            raise StepFailed(f"could not move the verified files into place: {exc}",
+                             next_action="Check the backup store, then start `/etcd-backup` again.") from exc
+        await catalogue.add(record)
+        where = f"{placed.snapshot_dir}" + (f" (static resources apart, in {placed.resources_dir})" if placed.apart else "")
+        return StepResult(summary=f"backup `{backup_id}` of OpenShift {record.version}, revision {record.revision}: {where}",
+                          values={"backup_id": backup_id, "path": str(placed.snapshot_dir)})
+
+    async def clean_host(ctx: StepContext) -> StepResult:
+        hosts = _hosts(ctx)
+        node, directory, _snapshot, _resources = _files(ctx)
+        result = await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+        if not result.ok:
+            raise StepFailed(f"could not remove {directory} on {node}: {_fail_text(result)}", retryable=True,
+                             next_action=f"The backup is stored and verified; remove {directory} on {node} by hand.")
+        return StepResult(summary=f"removed {directory} on {node}")
+
+    def copy_plan(ctx: StepContext) -> list[PlannedCommand]:
+        node = str(ctx.parameters.get("master") or "<the master>")
+        return [
+            PlannedCommand("bot", f"check free space in {store.root} (needs the files' size + 20%)"),
+            PlannedCommand(f"sftp core@{node}", "read <dir>/snapshot_<ts>.db and <dir>/static_kuberesources_<ts>.tar.gz "
+                                                f"in 1 MiB chunks into {store.root}/.incoming/<run id>, sha256 while streaming"),
+        ]
+
+    def record_plan(ctx: StepContext) -> list[PlannedCommand]:
+        keys = f"; the tarball into {store.keys} (etcd encryption is on)" if ctx.parameters.get("encrypted") == "yes" else ""
+        return [PlannedCommand("bot", f"metadata.json, rename into {store.root}/{ctx.cluster.name}/<backup id>{keys}; "
+                                      "catalogue entry in Redis")]
+
+    def clean_plan(ctx: StepContext) -> list[PlannedCommand]:
+        node = str(ctx.parameters.get("master") or "<the master>")
+        directory = _plan_dir(ctx)
+        return [PlannedCommand(f"ssh core@{node}", shell_command(clear_dir_command(directory)))]
+
+    steps = (
+        Step(S_PREREQS, "Check the prerequisites: 24 h after installation, the cluster version, etcd encryption",
+             StepKind.READ, check_prerequisites,
+             lambda _ctx: [PlannedCommand("api", "oc get clusterversion version -o json; oc get apiserver cluster -o json")],
+             timeout=60, retries=2),
+        Step(S_PICK, "Pick one master with a running, healthy etcd member", StepKind.READ, pick_master, _pick_plan,
+             timeout=90, retries=1),
+        Step(S_SCRIPT, "Run cluster-backup.sh /home/core/assets/backup on that master", StepKind.CHANGE,
+             run_backup_script, _script_plan, timeout=SCRIPT_TIMEOUT * 3 + 60),
+        Step(S_VERIFY, "Verify the snapshot (etcdctl snapshot status, sha256sum)", StepKind.READ, verify_snapshot,
+             _verify_plan, timeout=SCRIPT_TIMEOUT + 30, retries=1),
+        Step(S_COPY, "Copy both files off the host into the backup store, checksummed", StepKind.CHANGE,
+             copy_off_host, copy_plan, timeout=3600, retries=2),
+        Step(S_RECORD, "Record the backup: version, revision, keys, size, sha256", StepKind.CHANGE, record_metadata,
+             record_plan, timeout=60),
+        Step(S_CLEAN, "Remove the backup files from the master", StepKind.CHANGE, clean_host, clean_plan,
+             timeout=COMMAND_TIMEOUT + 10, retries=2),
+    )
+    return Procedure(name=NAME, title=TITLE, chapter="1", steps=steps)
