@@ -65,7 +65,8 @@ def build_web_app(app: AsyncApp, *, verifier: SignatureVerifier) -> web.Applicat
             # The remote address and the reason only: never the body, headers or signature.
             log.warning("http.refused", reason=refusal.value, remote=request.remote)
             return web.json_response({"ok": False, "error": "invalid_request"}, status=401)
-        response = await app.async_dispatch(to_bolt_request(request, body))
+        # aiohttp keeps the body it read: Bolt's adapter gets the same bytes that were verified.
+        response = await app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
     web_app = web.Application()
