@@ -145,7 +145,7 @@ class BackupCommands:
         if dry_run:
             await self.runner.dry_run(
                 self.procedure(), cluster=cluster, requester=user, channel=channel,
-                parameters={"master": pre.master or "<none healthy now>", "proxy": "on" if pre.proxy_on else "off",
+                parameters={"master": pre.master or "NONE-HEALTHY-NOW", "proxy": "on" if pre.proxy_on else "off",
                             "encrypted": "yes" if pre.encrypted else "no"},
             )
             if peak:

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 
 from bot.backups import BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
 from bot.cluster.etcdctl import human_size
-from bot.cluster.hosts import CommandResult, HostCopyError, Hosts, shell_command
+from bot.cluster.hosts import CommandResult, HostCopyError, Hosts, HostSession, shell_command
 from bot.cluster.kube import KubeClient, KubeError
 from bot.procedure import (
     PlannedCommand,
@@ -212,7 +212,7 @@ def parse_listing(stdout: str) -> HostFiles:
         elif RESOURCES_RE.fullmatch(name):
             tarballs.append((name, int(size)))
     if len(snapshots) != 1 or len(tarballs) != 1:
-        raise ValueError(f"expected one snapshot_<ts>.db and one static_kuberesources_<ts>.tar.gz, found {stdout.strip()[:300]!r}")
+        raise ValueError(f"expected one snapshot_TS.db and one static_kuberesources_TS.tar.gz, found {stdout.strip()[:300]!r}")
     return HostFiles(snapshot=snapshots[0][0], snapshot_size=snapshots[0][1],
                      resources=tarballs[0][0], resources_size=tarballs[0][1])
 
@@ -381,18 +381,44 @@ async def pick_master(ctx: StepContext) -> StepResult:
 def _pick_plan(ctx: StepContext) -> list[PlannedCommand]:
     return [
         PlannedCommand("api", "oc get etcd cluster; oc get clusterversion; oc get nodes; oc get pods -n openshift-etcd"),
-        PlannedCommand("exec etcd-<node> -c etcdctl", "etcdctl member list / endpoint status / endpoint health -w json"),
+        PlannedCommand("exec etcd-NODE -c etcdctl", "etcdctl member list / endpoint status / endpoint health -w json"),
     ]
 
 
-async def _ssh_ids(hosts: Hosts, node: str) -> tuple[str, str] | CommandResult:
-    result = await hosts.run(node=node, argv=["id", "-u"], timeout=COMMAND_TIMEOUT)
+async def _ssh_ids(host: HostSession) -> tuple[str, str] | CommandResult:
+    result = await host.run(argv=["id", "-u"], timeout=COMMAND_TIMEOUT)
     if not result.ok:
         return result
-    group = await hosts.run(node=node, argv=["id", "-g"], timeout=COMMAND_TIMEOUT)
+    group = await host.run(argv=["id", "-g"], timeout=COMMAND_TIMEOUT)
     if not group.ok:
         return group
     return result.stdout.strip(), group.stdout.strip()
+
+
+async def _backup_on(host: HostSession, *, directory: str, env: Mapping[str, str]) -> tuple[HostFiles, str] | str:
+    """The script on one master; the files it made, or why not (after removing what it left)."""
+    ids = await _ssh_ids(host)
+    if isinstance(ids, CommandResult):
+        return _fail_text(ids)
+    cleared = await host.run(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+    if not cleared.ok:
+        return _fail_text(cleared)
+    last = script = await host.run(argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT)
+    if script.ok:
+        owned = await host.run(argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
+        last = await host.run(argv=listing_command(directory), timeout=COMMAND_TIMEOUT) if owned.ok else owned
+        if last.ok:
+            try:
+                return parse_listing(last.stdout), script.stdout
+            except ValueError as exc:
+                failure = str(exc)
+        else:
+            failure = _fail_text(last)
+    else:
+        failure = _fail_text(script)
+    if last.rc is not None:  # the master answers: leave nothing half made behind
+        await host.run(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+    return failure
 
 
 async def run_backup_script(ctx: StepContext) -> StepResult:
@@ -409,31 +435,16 @@ async def run_backup_script(ctx: StepContext) -> StepResult:
     for node in _value(ctx, S_PICK, "candidates"):
         await ctx.heartbeat(f"running cluster-backup.sh on {node}" + (f" (after: {'; '.join(errors)})" if errors else ""))
         started = time.time()
-        ids = await _ssh_ids(hosts, node)
-        if isinstance(ids, CommandResult):
-            errors.append(f"{node}: {_fail_text(ids)}")
+        async with hosts.session(node) as host:
+            outcome = await _backup_on(host, directory=directory, env=env)
+        if isinstance(outcome, str):
+            errors.append(f"{node}: {outcome}")
             continue
-        cleared = await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
-        script = await hosts.run(node=node, argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT) \
-            if cleared.ok else cleared
-        if not script.ok:
-            errors.append(f"{node}: {_fail_text(script)}")
-            await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
-            continue
-        owned = await hosts.run(node=node, argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
-        listed = await hosts.run(node=node, argv=listing_command(directory), timeout=COMMAND_TIMEOUT) if owned.ok else owned
-        try:
-            if not listed.ok:
-                raise ValueError(_fail_text(listed))
-            files = parse_listing(listed.stdout)
-        except ValueError as exc:
-            errors.append(f"{node}: {exc}")
-            await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
-            continue
+        files, output = outcome
         moved = f" (moved on from {'; '.join(errors)})" if errors else ""
         return StepResult(
             summary=f"on {node}: {files.snapshot} ({human_size(files.snapshot_size)}), {files.resources}{moved}",
-            output=script.stdout[-3000:],
+            output=output[-3000:],
             values={"host": node, "dir": directory, "snapshot": files.snapshot, "snapshot_size": files.snapshot_size,
                     "resources": files.resources, "resources_size": files.resources_size, "started_at": started,
                     "moved_from": errors},
@@ -445,9 +456,9 @@ async def run_backup_script(ctx: StepContext) -> StepResult:
 
 
 def _script_plan(ctx: StepContext) -> list[PlannedCommand]:
-    node = str(ctx.parameters.get("master") or "<the first healthy master>")
+    node = str(ctx.parameters.get("master") or "FIRST-HEALTHY-MASTER")
     directory = _plan_dir(ctx)
-    env = {"HTTP_PROXY": "<proxy/cluster>", "HTTPS_PROXY": "<proxy/cluster>", "NO_PROXY": "<proxy/cluster>"} \
+    env = {"HTTP_PROXY": "FROM-PROXY-CLUSTER", "HTTPS_PROXY": "FROM-PROXY-CLUSTER", "NO_PROXY": "FROM-PROXY-CLUSTER"} \
         if ctx.parameters.get("proxy") == "on" else {}
     target = f"ssh core@{node}"
     return [
@@ -455,7 +466,7 @@ def _script_plan(ctx: StepContext) -> list[PlannedCommand]:
         PlannedCommand(target, "id -u; id -g"),
         PlannedCommand(target, shell_command(["sudo", "rm", "-rf", "--", directory])),
         PlannedCommand(target, " ".join(backup_script_command(directory=directory, env=env))),
-        PlannedCommand(target, shell_command(["sudo", "chown", "-R", "<uid>:<gid>", directory])),
+        PlannedCommand(target, shell_command(["sudo", "chown", "-R", "UID:GID", directory])),
         PlannedCommand(target, shell_command(listing_command(directory))),
         PlannedCommand("(other healthy masters)", "the same, in order, if this master does not answer or the script fails"),
     ]
@@ -464,7 +475,7 @@ def _script_plan(ctx: StepContext) -> list[PlannedCommand]:
 def _plan_dir(ctx: StepContext) -> str:
     """The run directory a plan names (a dry run has no run id yet)."""
     if ctx.run_id == "dry-run" or not RUN_ID_RE.fullmatch(ctx.run_id):
-        return f"{HOST_BACKUP_ROOT}/<run id>"
+        return f"{HOST_BACKUP_ROOT}/RUN-ID"
     return host_dir(ctx.run_id)
 
 
@@ -477,10 +488,15 @@ def _files(ctx: StepContext) -> tuple[str, str, str, str]:
 async def verify_snapshot(ctx: StepContext) -> StepResult:
     hosts = _hosts(ctx)
     node, directory, snapshot, resources = _files(ctx)
-    status_run, sums_run = await asyncio.gather(
-        hosts.run(node=node, argv=snapshot_status_command(snapshot), timeout=SCRIPT_TIMEOUT),
-        hosts.run(node=node, argv=sha256_command(snapshot, resources), timeout=SCRIPT_TIMEOUT),
-    )
+    async with hosts.session(node) as host:
+        status_run = await host.run(argv=["true"], timeout=COMMAND_TIMEOUT)  # connect once, then both at once
+        if status_run.ok:
+            status_run, sums_run = await asyncio.gather(
+                host.run(argv=snapshot_status_command(snapshot), timeout=SCRIPT_TIMEOUT),
+                host.run(argv=sha256_command(snapshot, resources), timeout=SCRIPT_TIMEOUT),
+            )
+        else:
+            sums_run = status_run
     if status_run.rc is None or sums_run.rc is None:
         raise StepFailed(f"{node} did not answer: {_fail_text(status_run if status_run.rc is None else sums_run)}",
                          retryable=True, next_action="Check the master, then start `/etcd-backup` again.")
@@ -508,10 +524,10 @@ async def verify_snapshot(ctx: StepContext) -> StepResult:
 
 
 def _verify_plan(ctx: StepContext) -> list[PlannedCommand]:
-    node = str(ctx.parameters.get("master") or "<the master>")
+    node = str(ctx.parameters.get("master") or "THE-MASTER")
     return [
-        PlannedCommand(f"ssh core@{node}", "sudo etcdctl snapshot status <dir>/snapshot_<ts>.db -w json"),
-        PlannedCommand(f"ssh core@{node}", "sudo sha256sum <dir>/snapshot_<ts>.db <dir>/static_kuberesources_<ts>.tar.gz"),
+        PlannedCommand(f"ssh core@{node}", "sudo etcdctl snapshot status DIR/snapshot_TS.db -w json"),
+        PlannedCommand(f"ssh core@{node}", "sudo sha256sum DIR/snapshot_TS.db DIR/static_kuberesources_TS.tar.gz"),
     ]
 
 
@@ -597,20 +613,20 @@ def build(*, store: BackupStore, catalogue: Catalogue) -> Procedure:
         return StepResult(summary=f"removed {directory} on {node}")
 
     def copy_plan(ctx: StepContext) -> list[PlannedCommand]:
-        node = str(ctx.parameters.get("master") or "<the master>")
+        node = str(ctx.parameters.get("master") or "THE-MASTER")
         return [
             PlannedCommand("bot", f"check free space in {store.root} (needs the files' size + 20%)"),
-            PlannedCommand(f"sftp core@{node}", "read <dir>/snapshot_<ts>.db and <dir>/static_kuberesources_<ts>.tar.gz "
-                                                f"in 1 MiB chunks into {store.root}/.incoming/<run id>, sha256 while streaming"),
+            PlannedCommand(f"sftp core@{node}", "read DIR/snapshot_TS.db and DIR/static_kuberesources_TS.tar.gz "
+                                                f"in 1 MiB chunks into {store.root}/.incoming/RUN-ID, sha256 while streaming"),
         ]
 
     def record_plan(ctx: StepContext) -> list[PlannedCommand]:
         keys = f"; the tarball into {store.keys} (etcd encryption is on)" if ctx.parameters.get("encrypted") == "yes" else ""
-        return [PlannedCommand("bot", f"metadata.json, rename into {store.root}/{ctx.cluster.name}/<backup id>{keys}; "
+        return [PlannedCommand("bot", f"metadata.json, rename into {store.root}/{ctx.cluster.name}/BACKUP-ID{keys}; "
                                       "catalogue entry in Redis")]
 
     def clean_plan(ctx: StepContext) -> list[PlannedCommand]:
-        node = str(ctx.parameters.get("master") or "<the master>")
+        node = str(ctx.parameters.get("master") or "THE-MASTER")
         directory = _plan_dir(ctx)
         return [PlannedCommand(f"ssh core@{node}", shell_command(clear_dir_command(directory)))]
 

@@ -107,6 +107,11 @@ class Hosts:
         return result(rc, _text(completed.stdout), _text(completed.stderr))
 
 
+    def session(self, node: str) -> HostSession:
+        """Several commands over one SSH connection (`async with hosts.session(node) as s`); each
+        handshake costs a round of key exchange, which adds up over a procedure's commands."""
+        return HostSession(target=self.target(node))
+
     @staticmethod
     def _connect(target: SshTarget, *, timeout: float) -> Any:  # asyncssh's awaitable context manager
         return asyncssh.connect(
@@ -148,6 +153,52 @@ class Hosts:
             raise HostCopyError(f"{node} sent nothing for {idle_timeout:.0f} s while copying {path}") from None
         except (OSError, asyncssh.Error) as exc:
             raise HostCopyError(f"copying {path} from {node} failed: {exc}") from exc
+
+
+class HostSession:
+    """One master over one lazily opened SSH connection; like `Hosts.run`, it never raises for a
+    dead host or a failed command (rc None / non-zero), and a lost connection is reopened once
+    on the next command."""
+
+    def __init__(self, *, target: SshTarget) -> None:
+        self.target = target
+        self._conn: Any = None
+
+    async def __aenter__(self) -> HostSession:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+    async def run(self, *, argv: Sequence[str], timeout: float) -> CommandResult:
+        command = shell_command(argv)
+        node = self.target.node
+        started = time.monotonic()
+
+        def result(rc: int | None, stdout: str = "", stderr: str = "", error: str | None = None) -> CommandResult:
+            return CommandResult(node=node, argv=tuple(argv), rc=rc, stdout=stdout, stderr=stderr,
+                                 elapsed=time.monotonic() - started, error=error)
+
+        try:
+            async with asyncio.timeout(timeout):
+                if self._conn is None:
+                    self._conn = await Hosts._connect(self.target, timeout=timeout)
+                completed = await self._conn.run(command, check=False)
+        except TimeoutError:
+            await self.close()
+            return result(None, error=f"no answer from {node} within {timeout:.0f}s")
+        except (OSError, asyncssh.Error) as exc:
+            await self.close()
+            return result(None, error=f"SSH to {node} failed: {exc}")
+        rc = completed.exit_status if completed.exit_status is not None else -1
+        return result(rc, _text(completed.stdout), _text(completed.stderr))
 
 
 class HostCopyError(Exception):
