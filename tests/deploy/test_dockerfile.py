@@ -9,8 +9,6 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from tests.deploy.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
