@@ -7,6 +7,7 @@ and kept, one per cluster (building one reads the kubeconfig from disk).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from bot.cluster.hosts import Hosts, SshTarget
@@ -43,6 +44,7 @@ class Clusters:
         self._settings = settings
         self._timeouts = timeouts
         self._kube: dict[str, KubeClient] = {}
+        self._inflight: dict[tuple[str, frozenset[str]], asyncio.Future[StatusReport]] = {}
 
     def kube(self, name: str) -> KubeClient | None:
         cluster = self._require(name)
@@ -57,7 +59,21 @@ class Clusters:
         return hosts_for(self._require(name))
 
     async def status(self, name: str, *, expected_back: frozenset[str] = frozenset()) -> StatusReport:
-        """Ch.2.2/2.3: gathers the facts and decides; never raises for an unreachable cluster."""
+        """Ch.2.2/2.3: gathers the facts and decides; never raises for an unreachable cluster.
+
+        Asks that arrive while a collection for the same cluster runs share it: in an incident
+        several people type /etcd-status at once, and one collection each would multiply the load
+        on a struggling API and etcd, and on the bot's event loop (late acks; see bench/ack.py).
+        """
+        key = (name, expected_back)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._collect(name, expected_back))
+            self._inflight[key] = shared
+            shared.add_done_callback(lambda _done: self._inflight.pop(key, None))
+        return await asyncio.shield(shared)  # one asker giving up does not cancel the others'
+
+    async def _collect(self, name: str, expected_back: frozenset[str]) -> StatusReport:
         facts = await gather_facts(cluster=name, kube=self.kube(name), hosts=self.hosts(name),
                                    timeouts=self._timeouts, expected_back=expected_back)
         return StatusReport(facts=facts, diagnosis=diagnose(facts))
