@@ -32,6 +32,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bot import metrics
+
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[A-Za-z0-9-]{1,64}$")
 INCOMING = ".incoming"
 METADATA = "metadata.json"
@@ -277,6 +279,8 @@ class Catalogue:
             pipe.set(self._key(record.id), json.dumps(record.for_storage(), sort_keys=True))
             pipe.zadd(self._index(record.cluster), {record.id: record.finished_at})
             await pipe.execute()
+        metrics.backup_stored(cluster=record.cluster, size_bytes=sum(f.size for f in record.files),
+                              finished_at=record.finished_at)
 
     async def get(self, backup_id: str) -> BackupRecord | None:
         raw = await self._redis.get(self._key(backup_id))

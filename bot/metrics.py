@@ -33,6 +33,7 @@ KNOWN_COMMANDS = frozenset({
     "/etcd-restore", "/etcd-shutdown", "/etcd-restart-check", "/etcd-approve-csrs", "/etcd-runs",
     "/etcd-abort", "/etcd-help",
 })
+BACKUP_PROCEDURE = "backup"  # procedures/backup.py's NAME (bot/ does not import procedures/ here)
 COMMAND_OUTCOMES = frozenset({"ok", "refused_usage", "refused_auth", "busy", "error"})
 
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
@@ -64,6 +65,7 @@ BACKUPS = Counter("etcdbot_backups", "etcd backups by outcome.", ["cluster", "ou
 BACKUP_LAST_SUCCESS = Gauge(
     "etcdbot_backup_last_success_timestamp_seconds", "Unix time of the last successful backup.", ["cluster"]
 )
+_newest_backup: dict[str, float] = {}
 BACKUP_BYTES = Gauge("etcdbot_backup_bytes", "Size of the last successful backup (snapshot + static pod resources).",
                      ["cluster"])
 
@@ -88,8 +90,10 @@ def http_refused(reason: str) -> None:
     HTTP_REFUSED.labels(reason=_bounded(reason)).inc()
 
 
-def run_finished(*, procedure: str, outcome: str, seconds: float) -> None:
+def run_finished(*, procedure: str, outcome: str, seconds: float, cluster: str = "") -> None:
     RUN_DURATION.labels(procedure=_bounded(procedure), outcome=_bounded(outcome)).observe(max(seconds, 0.0))
+    if procedure == BACKUP_PROCEDURE:
+        BACKUPS.labels(cluster=_bounded(cluster), outcome=_bounded(outcome)).inc()
 
 
 def step_finished(*, procedure: str, step: str, outcome: str, seconds: float) -> None:
@@ -108,17 +112,14 @@ def approval_decided(decision: str) -> None:
     APPROVALS.labels(decision=_bounded(decision)).inc()
 
 
-def backup_finished(*, cluster: str, outcome: str, size_bytes: int | None = None, at: float | None = None) -> None:
-    """For the backup procedure: count every outcome; size and time only of successes."""
+def backup_stored(*, cluster: str, size_bytes: int, finished_at: float) -> None:
+    """A verified backup entered the catalogue (also on a rebuild at start): the newest one sets
+    the last-success time and the size. Outcomes are counted by `run_finished`."""
     label = _bounded(cluster)
-    BACKUPS.labels(cluster=label, outcome=_bounded(outcome)).inc()
-    if outcome == "succeeded":
-        if at is not None:
-            BACKUP_LAST_SUCCESS.labels(cluster=label).set(at)
-        else:
-            BACKUP_LAST_SUCCESS.labels(cluster=label).set_to_current_time()
-        if size_bytes is not None:
-            BACKUP_BYTES.labels(cluster=label).set(size_bytes)
+    if finished_at >= _newest_backup.get(label, 0.0):
+        _newest_backup[label] = finished_at
+        BACKUP_LAST_SUCCESS.labels(cluster=label).set(finished_at)
+        BACKUP_BYTES.labels(cluster=label).set(size_bytes)
 
 
 def slack_method(url: str) -> str:

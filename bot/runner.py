@@ -501,7 +501,7 @@ class Runner:
         )
         await self.store.save(final, previous=run)
         metrics.run_finished(procedure=final.procedure, outcome=final.state.value,
-                             seconds=now - (final.created_at or now))
+                             seconds=now - (final.created_at or now), cluster=final.cluster)
         live = self._live.pop(run.id, None)
         if live is not None and live.lock is not None:
             await live.lock.release()

@@ -37,12 +37,15 @@ def test_slack_errors_and_429s_by_method() -> None:
     assert value("etcdbot_slack_api_errors_total", method="chat.postMessage", error="channel_not_found") == errors + 1
 
 
-def test_backup_success_sets_time_and_size_failures_only_count() -> None:
-    metrics.backup_finished(cluster="lab", outcome="succeeded", size_bytes=1234, at=1700000000.0)
-    metrics.backup_finished(cluster="lab", outcome="failed", size_bytes=1)
+def test_backup_runs_counted_by_outcome_and_the_newest_stored_backup_wins() -> None:
+    failed = value("etcdbot_backups_total", cluster="lab", outcome="failed")
+    metrics.run_finished(procedure="backup", outcome="failed", seconds=3, cluster="lab")
+    metrics.run_finished(procedure="status", outcome="failed", seconds=3, cluster="lab")
+    assert value("etcdbot_backups_total", cluster="lab", outcome="failed") == failed + 1
+    metrics.backup_stored(cluster="lab", size_bytes=1234, finished_at=1700000000.0)
+    metrics.backup_stored(cluster="lab", size_bytes=99, finished_at=1600000000.0)  # an older one, rebuilt
     assert value("etcdbot_backup_last_success_timestamp_seconds", cluster="lab") == 1700000000.0
     assert value("etcdbot_backup_bytes", cluster="lab") == 1234
-    assert value("etcdbot_backups_total", cluster="lab", outcome="failed") >= 1
 
 
 async def test_counted_listener_outcomes() -> None:
