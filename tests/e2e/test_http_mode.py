@@ -21,6 +21,7 @@ import yaml
 
 from lab.slack.signing import signed_headers
 from tests.botprocess import Bot, get
+from tests.e2e.backup_support import blocks_text, clusters_setting, command, stored_backups, wait_run
 from tests.labfixture import Lab
 
 SCRAPED: list[str] = []  # /metrics texts seen during the module, grepped for secrets at the end
@@ -63,7 +64,9 @@ def post(url: str, body: str, headers: dict[str, str]) -> int:
 
 @pytest.fixture(scope="module")
 def http_bot(lab: Lab) -> Iterator[Bot]:
-    bot = Bot(lab=lab, mode="http", log_path=lab.dir / "bot-http.log").start()
+    # peak hours away from now, so /etcd-backup runs without the peak-time question
+    bot = Bot(lab=lab, mode="http", log_path=lab.dir / "bot-http.log",
+              env={"ETCDBOT_CLUSTERS": clusters_setting(lab)}).start()
     try:
         yield bot
     finally:
@@ -140,6 +143,18 @@ def test_refused_command_and_error_path_over_http(lab: Lab, http_bot: Bot) -> No
         lab.cli("heal")
     text = metrics_text(http_bot)
     assert sample(text, "etcdbot_commands_total", command="/etcd-status", outcome="refused_usage") == 1
+
+
+def test_backup_over_http(lab: Lab, http_bot: Bot) -> None:
+    since = command(lab, "/etcd-backup")
+    done = wait_run(lab, since=since, states=("succeeded", "failed"))
+    assert done["state"] == "succeeded", blocks_text(done)
+    (meta,) = stored_backups(lab).values()
+    text = metrics_text(http_bot)
+    assert sample(text, "etcdbot_backups_total", cluster="lab", outcome="succeeded") == 1
+    assert sample(text, "etcdbot_backup_bytes", cluster="lab") == sum(f["size"] for f in meta["files"])
+    assert sample(text, "etcdbot_lock_busy_total", cluster="lab") == 0
+    assert sample(text, "etcdbot_run_duration_seconds_count", procedure="backup", outcome="succeeded") == 1
 
 
 def _secrets(lab: Lab) -> dict[str, str]:
