@@ -196,8 +196,8 @@ class BackupStore:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             async for chunk in chunks:
-                digest.update(chunk)
-                await asyncio.to_thread(_write_all, fd, chunk)
+                # hashlib and os.write release the GIL: both off the event loop, beside the reads
+                await asyncio.to_thread(_hash_and_write, digest, fd, chunk)
                 received.size += len(chunk)
                 if self.copy_rate:
                     ahead = received.size / self.copy_rate - (time.monotonic() - started)
@@ -243,6 +243,11 @@ class BackupStore:
                 except (ValueError, TypeError, KeyError):
                     continue
         return found
+
+
+def _hash_and_write(digest: Any, fd: int, data: bytes) -> None:
+    digest.update(data)
+    _write_all(fd, data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

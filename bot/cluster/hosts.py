@@ -14,6 +14,7 @@ import contextlib
 import re
 import shlex
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import Any
 
 import asyncssh
 import yaml
+
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes128-ctr", "aes256-ctr")
 
 
 class UnsafeCommandError(ValueError):
@@ -124,31 +128,49 @@ class Hosts:
             agent_path=None,
             # A host key we do not know is refused; a proxy or config file must not redirect us.
             config=None,
+            # AES-GCM first: CPUs do it in hardware, and a backup copy is hundreds of MB (measured
+            # twice as fast as asyncssh's default chacha20 here); no compression of etcd's data.
+            encryption_algs=CIPHERS,
+            compression_algs=None,
         )
 
     async def read_file(
-        self, *, node: str, path: str, chunk_size: int = 1 << 20, idle_timeout: float = 60.0
+        self, *, node: str, path: str, chunk_size: int = 1 << 20, read_ahead: int = 8, idle_timeout: float = 60.0
     ) -> AsyncIterator[bytes]:
-        """Streams a file off a master over SFTP, `chunk_size` bytes at a time (asyncssh splits each
-        read into parallel requests). Each chunk must arrive within `idle_timeout`; a dropped
-        connection raises `HostCopyError`. Memory stays at about one chunk."""
+        """Streams a file off a master over SFTP, in order, `chunk_size` bytes at a time, with up to
+        `read_ahead` chunks requested ahead (asyncssh splits each into parallel requests; without
+        read-ahead the pipe would drain between chunks). Each chunk must arrive within
+        `idle_timeout`; a dropped connection raises `HostCopyError`. Memory stays at about
+        `read_ahead + 1` chunks, whatever the file's size."""
         target = self.target(node)
         if "\x00" in path or "\n" in path:
             raise UnsafeCommandError(f"path {path!r} holds a control character")
+        pending: deque[asyncio.Task[bytes]] = deque()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 async with asyncio.timeout(idle_timeout):
                     conn = await stack.enter_async_context(self._connect(target, timeout=idle_timeout))
                     sftp = await stack.enter_async_context(await conn.start_sftp_client())
                     remote = await stack.enter_async_context(await sftp.open(path, "rb"))
-                offset = 0
-                while True:
-                    async with asyncio.timeout(idle_timeout):
-                        chunk = await remote.read(chunk_size, offset)
-                    if not chunk:
-                        return
-                    offset += len(chunk)
-                    yield chunk
+                    size = (await remote.stat()).size or 0
+                offsets = iter(range(0, size, chunk_size))
+                try:
+                    for offset in offsets:
+                        pending.append(asyncio.ensure_future(remote.read(chunk_size, offset)))
+                        if len(pending) >= read_ahead:
+                            break
+                    while pending:
+                        async with asyncio.timeout(idle_timeout):
+                            chunk = await pending.popleft()
+                        offset = next(offsets, None)
+                        if offset is not None:
+                            pending.append(asyncio.ensure_future(remote.read(chunk_size, offset)))
+                        if chunk:
+                            yield chunk
+                finally:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
         except TimeoutError:
             raise HostCopyError(f"{node} sent nothing for {idle_timeout:.0f} s while copying {path}") from None
         except (OSError, asyncssh.Error) as exc:

@@ -1,0 +1,105 @@
+"""How long `/etcd-backup` takes against a raw `etcdctl snapshot save` + `scp` of the same data,
+and how much the bot's memory grows while it copies (the copy is streamed, never read whole).
+
+On a lab holding at least 200 MB of etcd data (1 MB values put with etcdctl), each of N runs
+(default 3) measures, in the same lab and the same minute:
+  raw: `sudo etcdctl snapshot save` on a master over SSH, then `scp` of that file to this machine;
+  bot: from the slash command (`/etcd-backup`, as alice in the lab's workspace) until the progress
+       message says succeeded; and the bot process's VmRSS / VmHWM (from /proc) before and after.
+Prints the medians and the ratio bot/raw (target < 1.5) and the peak memory growth (target < 50 MB).
+Usage: .venv/bin/python bench/backup.py [--runs N] [--megabytes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.backup_support import (  # noqa: E402 (after the path is set)
+    ETCDCTL,
+    command,
+    etcdctl,
+    fill_etcd,
+    host_of,
+    start_bot,
+    wait_run,
+)
+from tests.labfixture import start_lab, stop_lab  # noqa: E402
+
+
+def vm(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM in KiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def raw_backup(lab, node: str, dest: Path) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    lab.ssh(node, ETCDCTL.format("etcdctl snapshot save /home/core/raw.db >/dev/null"), timeout=600)
+    subprocess.run(["scp", "-F", lab.env["LAB_SSH_CONFIG"], "-q", f"core@{node}:/home/core/raw.db", str(dest)],
+                   check=True, timeout=600, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    lab.ssh(node, "sudo rm -f /home/core/raw.db")
+    dest.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--megabytes", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = start_lab(Path(tmp) / "lab")
+        bot = None
+        try:
+            fill_etcd(lab, megabytes=args.megabytes)
+            status = json.loads(etcdctl(lab, lab.masters[0], "etcdctl endpoint status -w json"))
+            db_size = status[0]["Status"]["dbSize"]
+            print(f"etcd DB size: {db_size / 1e6:.0f} MB")
+            bot = start_bot(lab)
+            assert bot.proc is not None
+            pid = bot.proc.pid
+            raws, bots, rss_growth, hwm_growth = [], [], [], []
+            for n in range(1, args.runs + 1):
+                before = vm(pid)
+                started = time.monotonic()
+                since = command(lab, "/etcd-backup")
+                done = wait_run(lab, since=since, states=("succeeded", "failed"), timeout=900)
+                elapsed = time.monotonic() - started
+                after = vm(pid)
+                assert done["state"] == "succeeded", done
+                raw = raw_backup(lab, host_of(done), Path(tmp) / "raw.db")
+                raws.append(raw)
+                bots.append(elapsed)
+                rss_growth.append((after["VmRSS"] - before["VmRSS"]) / 1024)
+                hwm_growth.append((after["VmHWM"] - before["VmRSS"]) / 1024)
+                print(f"run {n}: bot {elapsed:.1f} s, raw snapshot+scp {raw:.1f} s, ratio {elapsed / raw:.2f}; "
+                      f"bot VmRSS {before['VmRSS'] / 1024:.0f} -> {after['VmRSS'] / 1024:.0f} MiB, "
+                      f"VmHWM {after['VmHWM'] / 1024:.0f} MiB")
+            bot_median, raw_median = statistics.median(bots), statistics.median(raws)
+            print(f"median over {args.runs}: bot {bot_median:.1f} s, raw {raw_median:.1f} s, "
+                  f"ratio {bot_median / raw_median:.2f} (target < 1.5)")
+            print(f"bot memory: RSS growth median {statistics.median(rss_growth):.1f} MiB, peak (VmHWM - RSS before) "
+                  f"max {max(hwm_growth):.1f} MiB (target < 50)")
+        finally:
+            if bot is not None:
+                bot.stop()
+            stop_lab(lab)
+
+
+if __name__ == "__main__":
+    main()
