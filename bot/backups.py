@@ -39,6 +39,8 @@ INCOMING = ".incoming"
 METADATA = "metadata.json"
 SPACE_FACTOR = 1.2  # free space needed, as a multiple of the bytes to copy
 STALE_INCOMING_SECONDS = 24 * 3600
+CHUNK = 1 << 20  # bytes per read off a master
+MAX_READ_AHEAD = 8  # chunks requested ahead when no copy rate is set
 
 
 class StoreError(Exception):
@@ -135,6 +137,14 @@ class BackupStore:
     keys_root: Path | None = None
     copy_rate: int = 0
     _fsync: bool = field(default=True, repr=False)
+
+    @property
+    def read_ahead(self) -> int:
+        """Chunks to request ahead: with a copy rate, about a second's worth, so the master's
+        network sees the rate and not a burst of read-ahead."""
+        if not self.copy_rate:
+            return MAX_READ_AHEAD
+        return max(1, min(MAX_READ_AHEAD, self.copy_rate // CHUNK))
 
     @property
     def keys(self) -> Path:

