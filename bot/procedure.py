@@ -16,8 +16,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NewType
 
 if TYPE_CHECKING:
-    from bot.cluster.hosts import HostShell
-    from bot.cluster.kube import Kube
+    from bot.cluster.hosts import Hosts
+    from bot.cluster.kube import KubeClient
     from bot.config import ClusterSettings, Settings
 
 StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-script"
@@ -66,8 +66,8 @@ class StepContext:
     cluster: ClusterSettings
     settings: Settings
     parameters: Mapping[str, Any]
-    kube: Kube
-    hosts: HostShell
+    kube: KubeClient
+    hosts: Hosts
     results: dict[StepId, StepResult]
     heartbeat: Callable[[str], Awaitable[None]]  # long steps report progress; the runner renews the lock
     requester: str = ""  # the Slack user who started the run (recorded with what the run makes)

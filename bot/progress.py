@@ -36,6 +36,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.log import get_logger
 from bot.procedure import PlannedCommand, Procedure, StepKind
+from bot.slacktext import escape
 from bot.store import Run, RunState, StepRecord, StepState
 from bot.tasks import cancel_and_wait
 
@@ -196,20 +197,20 @@ def render_plan(
     """The `--dry-run` answer: every step, its kind and every command it would send."""
     head = f":memo: *Dry run: {procedure.title}* on `{cluster}` — nothing was executed, no lock was taken."
     if parameters:
-        head += "\nParameters: " + ", ".join(f"{k}=`{v}`" for k, v in sorted(parameters.items()))
+        head += "\nParameters: " + ", ".join(f"{k}=`{escape(str(v))}`" for k, v in sorted(parameters.items()))
     blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_clip(head, SECTION_LIMIT)))]
     for number, title, kind, commands in plan:
         lines = [f"*{number}. {title}* ({KIND_LABELS[kind]})"]
         if kind is StepKind.DESTRUCTIVE:
             lines[0] += " — needs a second person's approval"
-        lines += [f"• `{c.target}`: `{c.command}`" for c in commands] or ["• no command (bot-side step)"]
+        lines += [f"• `{escape(c.target)}`: `{escape(c.command)}`" for c in commands] or ["• no command (bot-side step)"]
         blocks.append(SectionBlock(text=MarkdownTextObject(text=_clip("\n".join(lines), SECTION_LIMIT))))
     return blocks[:50]
 
 
 def output_chunks(*, title: str, output: str) -> list[str]:
     """Long command output as thread messages of code blocks, each within Slack's limits."""
-    body = output.replace("```", "'''")
+    body = escape(output.replace("```", "'''"))
     chunks = [body[i : i + THREAD_CHUNK] for i in range(0, len(body), THREAD_CHUNK)] or [""]
     total = len(chunks)
     return [

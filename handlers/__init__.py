@@ -40,7 +40,7 @@ def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorize
 def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer,
                          services: Services) -> set[str]:
     from handlers import backup, runs
-    from handlers.common import UsageError, resolve_cluster
+    from handlers.common import UsageError, action_authorization_middleware, resolve_cluster
 
     def cluster_of(channel_id: str, _text: str) -> str | None:
         try:
@@ -48,7 +48,9 @@ def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Cluster
         except UsageError:
             return None
 
-    runs.register(app, runner=services.runner, resolve_cluster=cluster_of)
+    runs.register(app, runner=services.runner, resolve_cluster=cluster_of,
+                  command_middleware=[authorization_middleware(authorizer)],
+                  action_middleware=[action_authorization_middleware(authorizer)])
     commands = backup.BackupCommands(
         settings=settings, clusters=clusters, runner=services.runner, catalogue=services.catalogue,
         procedure=lambda: services.procedure("backup", {}), authorizer=authorizer,

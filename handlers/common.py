@@ -18,6 +18,7 @@ from bot import metrics
 from bot.auth import Authorizer
 from bot.config import CLUSTER_NAME_RE, Settings
 from bot.log import get_logger
+from bot.slacktext import escape
 
 log = get_logger("etcdbot.handlers")
 
@@ -127,11 +128,6 @@ def resolve_cluster(*, settings: Settings, explicit: str | None, channel_id: str
     )
 
 
-def escape(text: str) -> str:
-    """Slack mrkdwn control characters: `<backup-id>` would otherwise be read as a link and vanish."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def command_context(command: dict[str, Any]) -> dict[str, str]:
     """The fields worth logging about a slash command (never its token or response_url)."""
     return {
@@ -189,15 +185,38 @@ async def refuse(*, ack: Callable[..., Awaitable[Any]], command: dict[str, Any],
 def authorization_middleware(authorizer: Authorizer) -> Callable[..., Awaitable[Any]]:
     """A Bolt listener middleware: calls next() only for users who may run commands."""
 
-    async def authorize(ack: Callable[..., Awaitable[Any]], command: dict[str, Any], client: Any,
-                        next: Callable[[], Awaitable[Any]]) -> None:  # noqa: A002 (Bolt injects by name)
+    async def authorize(ack: Any, command: dict[str, Any], client: Any,
+                        next: Callable[[], Awaitable[Any]]) -> Any:  # noqa: A002 (Bolt injects by name)
         decision = await authorizer.check(client=client, user_id=str(command.get("user_id", "")))
         if not decision.allowed:
             await refuse(ack=ack, command=command, kind="not-allowed",
                          reason=f"You may not run `{command.get('command')}`: {decision.reason}. "
                                 "Ask an etcd operator to run it, or to add you.")
-            return
+            # A listener middleware that stops the chain must return the ack's response: Bolt
+            # otherwise treats the request as unhandled and Slack shows a time-out, not the refusal.
+            return getattr(ack, "response", None)
         await next()
+        return None
+
+    return authorize
+
+
+def action_authorization_middleware(authorizer: Authorizer) -> Callable[..., Awaitable[Any]]:
+    """The same rule for buttons that act on a run (Abort, Resume, Re-run): a person who may not
+    run commands may not press them either. The refusal is private to the presser."""
+
+    async def authorize(ack: Any, body: dict[str, Any], client: Any, respond: Any,
+                        next: Callable[[], Awaitable[Any]]) -> Any:  # noqa: A002 (Bolt injects by name)
+        user_id = str(body.get("user", {}).get("id", ""))
+        decision = await authorizer.check(client=client, user_id=user_id)
+        if not decision.allowed:
+            await ack()
+            log.info("action.refused", user=user_id, reason=decision.reason)
+            await respond(text=f"You may not do that: {decision.reason}. Ask an etcd operator.",
+                          replace_original=False, response_type="ephemeral")
+            return getattr(ack, "response", None)
+        await next()
+        return None
 
     return authorize
 

@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import Block, MarkdownTextObject, SectionBlock
 from bot.audit import RunSummary
 from bot.progress import slack_time
 from bot.runner import Runner
+from handlers.common import counted
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 # channel id, text after the command -> cluster name, or None when it cannot tell
@@ -52,11 +53,13 @@ def _action_value(body: dict[str, Any]) -> str:
     return str(body["actions"][0].get("value", ""))
 
 
-def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver | None = None) -> None:
+def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver | None = None,
+             command_middleware: Sequence[Any] = (), action_middleware: Sequence[Any] = ()) -> None:
     """Adds the listeners. `resolve_cluster(channel_id, text)` picks the cluster of `/etcd-runs`
-    when the text names none (the app knows the channel mapping; without it a name is required)."""
+    when the text names none (the app knows the channel mapping; without it a name is required).
+    The middlewares authorise the commands and the buttons that act on a run (approval buttons
+    are checked against the approver group by the runner itself)."""
 
-    @app.command("/etcd-runs")
     async def runs_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
         text = (command.get("text") or "").strip()
         cluster = text.split()[0] if text else None
@@ -69,7 +72,6 @@ def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver 
         summaries = await runner.recent_runs(cluster=cluster, limit=10)
         await respond(text=f"Recent runs on {cluster}", blocks=render_runs(cluster=cluster, runs=summaries))
 
-    @app.command("/etcd-abort")
     async def abort_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
         run_id = (command.get("text") or "").strip()
         if not RUN_ID_RE.fullmatch(run_id):
@@ -79,19 +81,22 @@ def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver 
         answer = await runner.abort(run_id, by=command["user_id"])
         await respond(text=answer.message)
 
-    @app.action("run_abort")
+    app.command("/etcd-runs", middleware=list(command_middleware))(counted("/etcd-runs", runs_command))
+    app.command("/etcd-abort", middleware=list(command_middleware))(counted("/etcd-abort", abort_command))
+
+    @app.action("run_abort", middleware=list(action_middleware))
     async def abort_button(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
         answer = await runner.abort(_action_value(body), by=body["user"]["id"])
         await respond(text=answer.message, replace_original=False, response_type="ephemeral")
 
-    @app.action("run_resume")
+    @app.action("run_resume", middleware=list(action_middleware))
     async def resume_button(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
         answer = await runner.resume(_action_value(body), by=body["user"]["id"])
         await respond(text=answer.message, replace_original=False, response_type="ephemeral")
 
-    @app.action("run_rerun_step")
+    @app.action("run_rerun_step", middleware=list(action_middleware))
     async def rerun_button(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
         answer = await runner.resume(_action_value(body), by=body["user"]["id"], rerun_unsafe=True)

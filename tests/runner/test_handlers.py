@@ -121,3 +121,46 @@ async def test_resume_and_abort_buttons_after_a_crash(make_bot, workspace, lab) 
         assert "Resumed" in answer[0]
     finally:
         await handler.close_async()
+
+
+async def test_people_who_may_not_run_commands_cannot_abort(make_bot, workspace, lab) -> None:  # type: ignore[no-untyped-def]
+    from bot.auth import Authorizer
+    from handlers.common import action_authorization_middleware, authorization_middleware
+
+    calls = Calls()
+    release = asyncio.Event()
+
+    async def slow(_ctx: StepContext) -> StepResult:
+        await release.wait()
+        return StepResult(summary="done")
+
+    proc = make_bot.add(procedure("restore", step("s1", calls=calls, body=slow), step("s2", calls=calls)))
+    bot = await make_bot(instance_id="guarded")
+    authorizer = Authorizer(allowed_users=[ALICE], allowed_usergroup=None)
+    app = AsyncApp(client=bot.client, request_verification_enabled=False)
+    register(app, runner=bot.runner, resolve_cluster=lambda _c, _t: "prod",
+             command_middleware=[authorization_middleware(authorizer)],
+             action_middleware=[action_authorization_middleware(authorizer)])
+    handler = AsyncSocketModeHandler(app, APP_TOKEN)
+    await handler.connect_async()
+    await until(lambda: workspace.socket_connections >= 1, what="Socket Mode connection")
+    try:
+        run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
+        assert isinstance(run, Run)
+        await until(lambda: calls["s1"] == 1, what="s1 to start")
+        await bot.sender.flush(channel=CHANNEL, ts=run.message_ts)
+
+        sent = await lab("POST", "command", json={"user": "dave", "channel": "#incident", "text": "/etcd-abort " + run.id})
+        answer = await until(lambda: ephemeral_texts(lab, user="dave", since=sent["cursor"]), what="dave's refusal")
+        assert "You may not run `/etcd-abort`" in answer[0]
+        pressed = await lab("POST", "press", json={"user": "dave", "action_id": "run_abort",
+                                                   "message_ts": run.message_ts, "channel": CHANNEL})
+        if pressed.get("ok"):  # the run message shows an Abort button while a step runs
+            refused = await until(lambda: ephemeral_texts(lab, user="dave", since=pressed["cursor"]), what="refusal")
+            assert "You may not do that" in refused[0]
+        release.set()
+        done = await wait_state(bot, run.id, RunState.SUCCEEDED)
+        assert done.state == RunState.SUCCEEDED and calls["s2"] == 1
+    finally:
+        release.set()
+        await handler.close_async()
