@@ -86,6 +86,27 @@ class Lab:
             "-o=jsonpath={range .items[0].status.conditions[?(@.type==\"EtcdMembersAvailable\")]}{.message}{\"\\n\"}",
         ).stdout.strip()
 
+    def restore_by_hand(self, *, recovery: str, backup_dir: str = "/home/core/backup") -> None:
+        """Chapter 5.3 steps 3-6 with the document's own commands: on every other master move the
+        etcd and kube-apiserver static pods and the data dir away, run cluster-restore.sh on the
+        recovery host, restart every kubelet, wait for the restored etcd and the API."""
+        others = [n for n in self.masters if n != recovery]
+        for node in others:
+            self.ssh(node, "sudo mv /etc/kubernetes/manifests/etcd-pod.yaml /tmp")
+            wait_for(lambda node=node: self.ssh(node, "sudo crictl ps | grep etcd | grep -v operator || true").stdout == "",
+                     timeout=30, what=f"etcd containers gone on {node}")
+            self.ssh(node, "sudo mv /etc/kubernetes/manifests/kube-apiserver-pod.yaml /tmp")
+            wait_for(lambda node=node: self.ssh(node, "sudo crictl ps | grep kube-apiserver | grep -v operator || true").stdout == "",
+                     timeout=30, what=f"kube-apiserver gone on {node}")
+            self.ssh(node, "sudo mv /var/lib/etcd/ /tmp")
+        restore = self.ssh(recovery, f"sudo -E /usr/local/bin/cluster-restore.sh {backup_dir}", timeout=120)
+        assert restore.returncode == 0
+        for node in self.masters:
+            self.ssh(node, "sudo systemctl restart kubelet.service")
+        wait_for(lambda: "Running" in self.ssh(recovery, "sudo crictl ps | grep etcd | grep -v operator || true").stdout,
+                 timeout=60, what="the restored etcd running on the recovery host")
+        wait_for(lambda: self.kubectl("get", "nodes", check=False).returncode == 0, timeout=60, what="the API back")
+
     def pids(self) -> list[int]:
         pids = []
         for name in ("daemon.pid", "children.pids"):
