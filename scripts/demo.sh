@@ -27,7 +27,8 @@ cat >&2 <<MSG
 etcdbot is running against a local OpenShift 4.5 lab (bot log: $LAB_DIR/logs/bot.log).
 Try:  /etcd-help   /etcd-status   then, in another terminal:
       .venv/bin/etcdbot-lab fault kill-etcd \$(.venv/bin/etcdbot-lab status --dir $LAB_DIR --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hosts"][0]["node"])') --dir $LAB_DIR
-and /etcd-status again. /as bob switches user, a number presses a button, /quit leaves.
+and /etcd-status again. /etcd-backup runs a backup: press Enter to see its progress.
+/as bob switches user, a number presses a button, /quit leaves.
 
 MSG
 $BIN/etcdbot-lab slack console --dir "$LAB_DIR" --as alice --channel incident

@@ -17,6 +17,7 @@ HELP = """\
 1, 2, ...        press that button from the last screen
 /as NAME         become alice, bob, carol or dave
 /channel NAME    switch channel (incident, ops, random)
+(empty line)     show what changed since the last screen (a run's progress, new messages)
 /look            show what you see in this channel (latest 10 messages)
 /help            this text
 /quit            leave"""
@@ -32,6 +33,7 @@ class Console:
         self._quiet = quiet
         self._wait = wait
         self._targets: list[PressTarget] = []
+        self._cursor: int | None = None  # the newest record the person has been shown
 
     @property
     def prompt(self) -> str:
@@ -43,7 +45,7 @@ class Console:
         word, _, rest = line.partition(" ")
         try:
             if not line:
-                return ""
+                return self._changes()
             if word in ("/quit", "/exit"):
                 return None
             if word == "/help":
@@ -93,6 +95,16 @@ class Console:
         self.client.quiet(quiet=self._quiet, timeout=self._wait)
         return self._show(self.client.view(user=self.user, since=cursor))
 
+    def _changes(self) -> str:
+        """Runs go on after the console came back: an empty line shows what happened since."""
+        if self._cursor is None:
+            return ""
+        view = self.client.view(user=self.user, since=self._cursor)
+        if not view["messages"]:
+            self._cursor = int(view.get("cursor", self._cursor))
+            return "(nothing new)"
+        return self._show(view)
+
     def _look(self) -> str:
         view = self.client.view(user=self.user, channel=self.channel)
         view["messages"] = view["messages"][-10:]
@@ -100,5 +112,7 @@ class Console:
         return self._show(view)
 
     def _show(self, view: dict) -> str:
+        if "cursor" in view:
+            self._cursor = int(view["cursor"])
         text, self._targets = format_view(view)
         return text

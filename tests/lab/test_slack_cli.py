@@ -118,3 +118,23 @@ async def test_console_session(lab_dir: Path) -> None:
     written: list[str] = []
     code = await asyncio.to_thread(console.run, read=lambda prompt: next(lines), write=written.append)
     assert code == 0 and any("/as NAME" in w for w in written)
+
+
+async def test_console_empty_line_shows_what_changed_since(lab_dir: Path) -> None:
+    """A run goes on after the console came back; an empty line shows its progress."""
+    console = Console(
+        client=LabClient(root=workspace_root(lab_dir)), user="alice", channel="incident", quiet=0.3
+    )
+    assert await asyncio.to_thread(console.handle, "") == ""  # nothing shown yet: nothing to compare with
+    await asyncio.to_thread(console.handle, "/etcd-echo first")
+    assert await asyncio.to_thread(console.handle, "") == "(nothing new)"
+    env = (lab_dir / "env").read_text()
+    base_url = env.split("ETCDBOT_SLACK_API_URL=")[1].strip()
+    client = AsyncWebClient(token=BOT_TOKEN, base_url=base_url)
+    try:
+        await client.chat_postMessage(channel="C0INCIDENT", text="step 2 of the run is done")
+    finally:
+        if client.session is not None:
+            await client.session.close()
+    shown = await asyncio.to_thread(console.handle, "")
+    assert "step 2 of the run is done" in shown and "first" not in shown
