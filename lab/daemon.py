@@ -66,6 +66,7 @@ class LabDaemon:
         self.clock = LabClock(speed=self.spec.clock_speed)
         self.hosts: dict[str, Host] = {}
         self.api_faulted = False
+        self.active_faults: list[tuple[str, str]] = []  # (kind, target) for `status`; see lab/faults.py
         self.ready = False
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()

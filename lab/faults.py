@@ -27,9 +27,7 @@ class FaultError(Exception):
 
 
 def _state(daemon: LabDaemon) -> list[tuple[str, str]]:
-    if not hasattr(daemon, "_faults"):
-        daemon._faults = []  # type: ignore[attr-defined]
-    return daemon._faults  # type: ignore[attr-defined]
+    return daemon.active_faults
 
 
 def active(daemon: LabDaemon) -> list[str]:
