@@ -49,6 +49,8 @@ HINTS: dict[str, str] = {
     "backup_dir": "a directory for backups, e.g. /var/lib/etcdbot/backups",
     "backup_keys_dir": "a directory apart from the backups for encryption keys, e.g. /var/lib/etcdbot/keys",
     "backup_copy_rate": "bytes per second a backup copy may take from a master (0: no limit)",
+    "backup_schedule": ('a 5-field cron expression in each cluster\'s timezone, e.g. "0 3 * * *" (03:00 daily), '
+                        'or "" for no scheduled backups'),
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
@@ -121,6 +123,8 @@ class ClusterSettings(BaseModel):
     ssh: SshSettings | None = None
     peak_hours: str = "09:00-17:00"
     timezone: str = "UTC"
+    # None: ETCDBOT_BACKUP_SCHEDULE applies; "" turns scheduled backups off for this cluster only.
+    backup_schedule: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -152,9 +156,34 @@ class ClusterSettings(BaseModel):
             raise ValueError(f"{value!r} is not an IANA time zone (like UTC or Europe/Berlin)") from exc
         return value
 
+    @field_validator("backup_schedule")
+    @classmethod
+    def _backup_schedule(cls, value: str | None) -> str | None:
+        return None if value is None else check_schedule(value)
+
     @property
     def peak_window(self) -> tuple[time, time]:
         return parse_peak_hours(self.peak_hours)
+
+
+def check_schedule(value: str) -> str:
+    """A 5-field cron expression (minute hour day month weekday), or "" for none; returns it trimmed.
+
+    Parsed with APScheduler's own `CronTrigger.from_crontab`, the parser the scheduler uses, so a
+    value that passes here cannot fail later, in the middle of the night, when the job is added.
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    text = " ".join(value.split())
+    if not text:
+        return ""
+    if len(text.split(" ")) != 5:
+        raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid cron expression ({exc})") from None
+    return text
 
 
 def parse_peak_hours(value: str) -> tuple[time, time]:
@@ -199,6 +228,8 @@ class Settings(BaseSettings):
     # from the snapshots (default: BACKUP_DIR/../<name>-keys, a sibling, never inside BACKUP_DIR).
     backup_keys_dir: Path | None = None
     backup_copy_rate: int = Field(default=0, ge=0)  # bytes/s off a master; 0 means no limit
+    # Cron (5 fields) in each cluster's timezone; "" = no scheduled backups. A cluster may override it.
+    backup_schedule: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_usergroup: str | None = None
@@ -209,6 +240,11 @@ class Settings(BaseSettings):
     @classmethod
     def _decode_json(cls, value: Any) -> Any:
         return _json_list(value)
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _backup_schedule(cls, value: str) -> str:
+        return check_schedule(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -270,6 +306,10 @@ class Settings(BaseSettings):
 
     def cluster(self, name: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if c.name == name), None)
+
+    def backup_schedule_of(self, cluster: ClusterSettings) -> str:
+        """The cron expression that applies to `cluster` ("" = none): its own, else ETCDBOT_BACKUP_SCHEDULE."""
+        return self.backup_schedule if cluster.backup_schedule is None else cluster.backup_schedule
 
     def cluster_for_channel(self, channel_id: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if channel_id in c.channels), None)

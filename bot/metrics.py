@@ -66,6 +66,10 @@ BACKUP_LAST_SUCCESS = Gauge(
     "etcdbot_backup_last_success_timestamp_seconds", "Unix time of the last successful backup.", ["cluster"]
 )
 _newest_backup: dict[str, float] = {}
+# One count per scheduled fire, by how it ended (a fire another replica took is "duplicate").
+SCHEDULED_OUTCOMES = frozenset({"succeeded", "failed", "aborted", "interrupted", "busy", "refused_young", "duplicate",
+                                "timeout", "error"})
+SCHEDULED_BACKUPS = Counter("etcdbot_scheduled_backups", "Scheduled backup fires by outcome.", ["cluster", "outcome"])
 BACKUP_BYTES = Gauge("etcdbot_backup_bytes", "Size of the last successful backup (snapshot + static pod resources).",
                      ["cluster"])
 
@@ -110,6 +114,11 @@ def lock_attempt(*, cluster: str, seconds: float, acquired: bool) -> None:
 
 def approval_decided(decision: str) -> None:
     APPROVALS.labels(decision=_bounded(decision)).inc()
+
+
+def scheduled_backup(*, cluster: str, outcome: str) -> None:
+    """A scheduled fire ended; its run (if any) is also counted in `etcdbot_backups` like any backup."""
+    SCHEDULED_BACKUPS.labels(cluster=_bounded(cluster), outcome=_bounded(outcome, SCHEDULED_OUTCOMES)).inc()
 
 
 def backup_stored(*, cluster: str, size_bytes: int, finished_at: float) -> None:

@@ -16,6 +16,7 @@ models), so tests read blocks without a Slack.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,12 @@ SECTION_LIMIT = 3000  # characters of a section's text
 THREAD_CHUNK = 3500  # characters of command output per thread message
 
 
+def who(requester: str) -> str:
+    """A Slack user id as a mention; anything else (the "scheduler") as plain text, since
+    `<@scheduler>` is no user and Slack would show it as a broken mention."""
+    return f"<@{requester}>" if re.fullmatch(r"[UW][A-Z0-9]{2,}", requester) else requester
+
+
 def slack_time(epoch: float) -> str:
     """A time every reader sees in their own time zone (UTC as the fallback text)."""
     fallback = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
@@ -113,7 +120,7 @@ def render_run(run: Run) -> list[Block]:
     state = run.state.value.replace("_", " ")
     head = (
         f"{RUN_ICONS[run.state]} *{run.procedure_title}* on `{run.cluster}` · *{state}*\n"
-        f"Run `{run.id}` started by <@{run.requester}> {slack_time(run.created_at)}"
+        f"Run `{run.id}` started by {who(run.requester)} {slack_time(run.created_at)}"
     )
     if run.parameters:
         params = ", ".join(f"{k}=`{v}`" for k, v in sorted(run.parameters.items()))

@@ -45,7 +45,7 @@ from bot.procedure import (
     StepKind,
     StepResult,
 )
-from bot.progress import ThrottledSender, output_chunks, render_plan, render_run, run_text, slack_time
+from bot.progress import ThrottledSender, output_chunks, render_plan, render_run, run_text, slack_time, who
 from bot.store import Run, RunState, RunStore, StepRecord, StepState
 from bot.tasks import cancel_and_wait
 
@@ -92,7 +92,7 @@ class Busy:
         step = f" at step *{self.current_step}*" if self.current_step else ""
         since = f" since {slack_time(self.since)}" if self.since else ""
         return (
-            f"`{self.cluster}` is busy: run `{self.run_id}` ({self.procedure}) started by <@{self.requester}> "
+            f"`{self.cluster}` is busy: run `{self.run_id}` ({self.procedure}) started by {who(self.requester)} "
             f"is{step}{since}. Wait for it to finish, or stop it with `/etcd-abort {self.run_id}`."
         )
 

@@ -1,5 +1,5 @@
 """The long-lived pieces every run needs, built once per process: Redis, the throttled Slack sender,
-the approvals, the runner, the backup store and its catalogue.
+the approvals, the runner, the backup store and its catalogue, and the backup scheduler.
 
 Why a module of its own: `bot/app.py` builds the Slack app and serves it; what a run needs is the
 same in Socket Mode, in HTTP mode and in tests that start the bot as a process, so it is built
@@ -30,6 +30,7 @@ from bot.log import get_logger
 from bot.procedure import Procedure, StepContext, StepId, StepResult
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
+from bot.scheduler import BackupScheduler
 from bot.store import Run
 from bot.tasks import cancel_and_wait
 from procedures import backup as backup_procedure
@@ -50,6 +51,7 @@ class Services:
     store: BackupStore
     catalogue: Catalogue
     recover_every: float = 10.0
+    scheduler: BackupScheduler | None = None
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def procedure(self, name: str, parameters: Mapping[str, Any]) -> Procedure:
@@ -73,6 +75,8 @@ class Services:
         await self.runner.open()
         await self._recover()
         self._recovery = asyncio.create_task(self._keep_recovering(), name="etcdbot-recovery")
+        if self.scheduler is not None:  # after recovery: a scheduled fire must see the recovered locks
+            self.scheduler.start()
 
     async def _recover(self) -> None:
         try:
@@ -87,6 +91,8 @@ class Services:
             await self._recover()
 
     async def close(self) -> None:
+        if self.scheduler is not None:  # first: no fire may start a run while the runner stops
+            await self.scheduler.stop()
         recovery, self._recovery = self._recovery, None
         if recovery is not None:
             await cancel_and_wait(recovery)
@@ -124,5 +130,9 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     runner = Runner(redis=redis, sender=sender, approvals=approvals, context_factory=context, procedures=procedures)
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
+    services.scheduler = BackupScheduler(
+        settings=settings, clusters=clusters, runner=runner, sender=sender, redis=redis,
+        procedure=lambda: services.procedure(backup_procedure.NAME, {}),
+    )
     holder["services"] = services
     return services

@@ -1,0 +1,216 @@
+"""Scheduled backups: ETCDBOT_BACKUP_SCHEDULE (or a cluster's `backup_schedule`) starts the same
+backup run a person's `/etcd-backup` starts, with requester "scheduler", in the cluster's first
+channel.
+
+Why APScheduler with a MemoryJobStore per replica, and nothing shared: APScheduler 3.x job stores
+must never be shared between schedulers, and the schedule is configuration, not state: every
+replica rebuilds the same jobs from its settings at start. "One run across replicas" comes from
+Redis, not from the scheduler:
+- a SET NX key per (cluster, scheduled fire time) lets exactly one replica act on a fire, so two
+  replicas never both start, or both post "busy";
+- the per-cluster lock the runner takes keeps a scheduled run and a person's run apart.
+
+What a fire does, and deliberately does not do:
+- it honours the 24 h rule (a backup before the first certificate rotation holds certificates
+  about to expire): the refusal is posted once per installation, not at every fire;
+- it does NOT ask about peak hours: the operator chose the schedule, so it runs;
+- a busy cluster gets one message naming the run that holds it, and the fire is skipped (no retry:
+  the next fire is the retry);
+- a failed run gets one summary line saying what to do (the run's own message has the detail).
+
+Limits of the MemoryJobStore: `misfire_grace_time` covers a fire that is late inside a living
+process (a blocked event loop, a slow Redis); a replica that was DOWN at fire time does not know
+about that fire when it comes back. With several replicas, another one takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from bot import metrics
+from bot.clusters import Clusters
+from bot.config import ClusterSettings, Settings
+from bot.log import get_logger
+from bot.procedure import Procedure
+from bot.progress import ThrottledSender, slack_time
+from bot.runner import Busy, Runner
+from bot.store import RunState
+from procedures import backup as ch1
+
+log = get_logger(__name__)
+
+REQUESTER = "scheduler"
+JOB_PREFIX = "backup:"
+# A fire that runs late (event loop blocked, Redis slow) is still taken within this window; the
+# default (1 s) would drop it silently. A backup 15 min late is still the backup the operator wanted.
+MISFIRE_GRACE = timedelta(minutes=15)
+FIRE_KEY_TTL = 2 * 24 * 3600  # seconds; longer than any grace window, short enough to clean itself
+RUN_WAIT = 6 * 3600.0  # seconds a fire follows its run to post the failure line (the copy step alone may take 1 h)
+
+
+def trigger_for(expression: str, *, timezone: str) -> CronTrigger:
+    """The cron trigger of a (validated) 5-field expression, in the cluster's time zone."""
+    return CronTrigger.from_crontab(expression, timezone=timezone)
+
+
+def fire_time(trigger: CronTrigger, *, now: datetime, grace: timedelta = MISFIRE_GRACE) -> datetime | None:
+    """The scheduled fire a job running at `now` serves: the latest fire time in (now - grace, now].
+
+    Why computed, not taken from APScheduler: the job function is not told its scheduled time, and
+    two replicas must agree on one key per fire. With `coalesce=True` APScheduler runs a late job
+    once, for the latest missed fire, which is exactly this one. None: no fire in the window.
+    """
+    found = None
+    candidate = trigger.get_next_fire_time(None, now - grace)
+    while candidate is not None and candidate <= now:
+        found = candidate
+        candidate = trigger.get_next_fire_time(candidate, candidate + timedelta(seconds=1))
+    return found
+
+
+async def claim_fire(redis: aioredis.Redis, *, cluster: str, fired: datetime, prefix: str = "etcdbot") -> bool:
+    """True for the one replica that acts on this fire; False for every other (SET NX)."""
+    key = f"{prefix}:schedule:{cluster}:{int(fired.timestamp())}"
+    return bool(await redis.set(key, str(time.time()), nx=True, ex=FIRE_KEY_TTL))
+
+
+async def first_young_notice(redis: aioredis.Redis, *, cluster: str, installed: datetime, until: datetime,
+                             prefix: str = "etcdbot") -> bool:
+    """True the first time a young cluster's refusal is to be posted (once per installation time)."""
+    key = f"{prefix}:schedule:{cluster}:young:{int(installed.timestamp())}"
+    ttl = max(int((until - datetime.now(UTC)).total_seconds()), 60)
+    return bool(await redis.set(key, "1", nx=True, ex=ttl))
+
+
+def failure_line(*, cluster: str, run_id: str, state: str, error: str, next_fire: datetime | None) -> str:
+    """The one line added under a failed scheduled run: what happened and what to do."""
+    why = f": {error}" if error else ""
+    after = f" The next scheduled backup is {slack_time(next_fire.timestamp())}." if next_fire else ""
+    return (
+        f":x: The scheduled backup of `{cluster}` (run `{run_id}`) {state}{why}. Check the cluster with "
+        f"`/etcd-status {cluster}`, follow the run's last step, then take a backup by hand with "
+        f"`/etcd-backup {cluster}`.{after}"
+    )
+
+
+@dataclass
+class BackupScheduler:
+    """One APScheduler per process, one job per scheduled cluster (`backup:<cluster>`)."""
+
+    settings: Settings
+    clusters: Clusters
+    runner: Runner
+    sender: ThrottledSender
+    redis: aioredis.Redis
+    procedure: Callable[[], Procedure]
+    prefix: str = "etcdbot"
+
+    def __post_init__(self) -> None:
+        self._scheduler: AsyncIOScheduler | None = None
+        self._triggers: dict[str, CronTrigger] = {}
+
+    def start(self) -> None:
+        """Adds the jobs and starts the scheduler on the running loop; nothing if no cluster has a schedule."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        for cluster in self.settings.clusters:
+            expression = self.settings.backup_schedule_of(cluster)
+            if not expression:
+                continue
+            if not cluster.channels:
+                log.warning("schedule.no_channel", cluster=cluster.name,
+                            detail="a scheduled backup needs a channel to report in: add one to ETCDBOT_CLUSTERS")
+                continue
+            trigger = trigger_for(expression, timezone=cluster.timezone)
+            self._triggers[cluster.name] = trigger
+            scheduler.add_job(
+                self.fire, trigger, args=(cluster.name,), id=f"{JOB_PREFIX}{cluster.name}",
+                name=f"scheduled backup of {cluster.name}", replace_existing=True,
+                misfire_grace_time=int(MISFIRE_GRACE.total_seconds()),
+                coalesce=True,  # fires missed together are one backup, not a burst
+                max_instances=1,  # a fire while the last one still follows its run is skipped (the lock would refuse it)
+            )
+            log.info("schedule.added", cluster=cluster.name, cron=expression, timezone=cluster.timezone)
+        if not self._triggers:
+            return
+        scheduler.start()
+        self._scheduler = scheduler
+        for job in scheduler.get_jobs():
+            log.info("schedule.next", job=job.id, at=str(job.next_run_time))
+
+    async def stop(self) -> None:
+        """Stops firing; a run already started goes on (the runner owns it, and its lock)."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)  # cancels fires in progress; their runs are shielded
+            await asyncio.sleep(0)  # let the cancellations land before the loop closes
+
+    def next_fire(self, cluster: str, *, after: datetime) -> datetime | None:
+        trigger = self._triggers.get(cluster)
+        return trigger.get_next_fire_time(None, after + timedelta(seconds=1)) if trigger else None
+
+    async def fire(self, cluster_name: str) -> None:
+        """One scheduled fire for one cluster. Never raises: an error is logged, counted and posted."""
+        cluster = self.settings.cluster(cluster_name)
+        trigger = self._triggers.get(cluster_name)
+        if cluster is None or trigger is None:
+            return
+        now = datetime.now(UTC)
+        fired = fire_time(trigger, now=now) or now.replace(second=0, microsecond=0)
+        try:
+            if not await claim_fire(self.redis, cluster=cluster_name, fired=fired, prefix=self.prefix):
+                log.info("schedule.taken_elsewhere", cluster=cluster_name, fired=fired.isoformat())
+                metrics.scheduled_backup(cluster=cluster_name, outcome="duplicate")
+                return
+            await self._backup(cluster, now=now)
+        except Exception as exc:
+            log.exception("schedule.error", cluster=cluster_name)
+            metrics.scheduled_backup(cluster=cluster_name, outcome="error")
+            await self._say(cluster, f":x: The scheduled backup of `{cluster_name}` could not start: "
+                                     f"{type(exc).__name__}: {exc}. Take one by hand with `/etcd-backup {cluster_name}`.")
+
+    async def _backup(self, cluster: ClusterSettings, *, now: datetime) -> None:
+        name, channel = cluster.name, cluster.channels[0]
+        pre = await self.clusters.backup_preflight(name)
+        if pre.installed_at is not None and ch1.too_young(installed=pre.installed_at, now=now):
+            possible = ch1.possible_at(pre.installed_at)
+            metrics.scheduled_backup(cluster=name, outcome="refused_young")
+            log.warning("schedule.refused", cluster=name, reason="first 24 h")
+            if await first_young_notice(self.redis, cluster=name, installed=pre.installed_at, until=possible,
+                                        prefix=self.prefix):
+                await self._say(cluster, (
+                    f":no_entry: Scheduled backups of `{name}` wait until {slack_time(possible.timestamp())} "
+                    f"({possible:%Y-%m-%d %H:%M} UTC): until the first certificate rotation (24 h after installation) "
+                    "a backup would hold expired certificates. The schedule resumes by itself then."))
+            return
+        # pre.error (API down): the run's first step reads the API again and says what is wrong.
+        result = await self.runner.start(self.procedure(), cluster=name, parameters={}, requester=REQUESTER,
+                                         channel=channel)
+        if isinstance(result, Busy):
+            metrics.scheduled_backup(cluster=name, outcome="busy")
+            log.info("schedule.busy", cluster=name, holder=result.run_id)
+            await self._say(cluster, f":hourglass: Scheduled backup skipped: {result.message()}")
+            return
+        log.info("schedule.started", cluster=name, run_id=result.id)
+        try:
+            run = await self.runner.wait(result.id, timeout=RUN_WAIT)
+        except TimeoutError:
+            log.warning("schedule.still_running", cluster=name, run_id=result.id)
+            metrics.scheduled_backup(cluster=name, outcome="timeout")
+            return  # the run goes on; its own message reports the end
+        state = run.state if run is not None else None
+        metrics.scheduled_backup(cluster=name, outcome=state.value if state else "error")
+        if run is not None and state in (RunState.FAILED, RunState.ABORTED):
+            await self._say(cluster, failure_line(cluster=name, run_id=run.id, state=run.state.value,
+                                                  error=run.error, next_fire=self.next_fire(name, after=now)))
+
+    async def _say(self, cluster: ClusterSettings, text: str) -> None:
+        if cluster.channels:
+            await self.sender.post(channel=cluster.channels[0], text=text)
