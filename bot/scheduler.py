@@ -138,6 +138,14 @@ class BackupScheduler:
                 max_instances=1,  # a fire while the last one still follows its run is skipped (the lock would refuse it)
             )
             log.info("schedule.added", cluster=cluster.name, cron=expression, timezone=cluster.timezone)
+            missed = fire_time(trigger, now=datetime.now(UTC))
+            if missed is not None:
+                # A bot (re)started within the grace window after a fire may have missed it: the
+                # in-memory job store cannot know. Fire once now; claim_fire() makes it a no-op
+                # when this or another replica already acted on that fire.
+                scheduler.add_job(self.fire, "date", args=(cluster.name,), id=f"{JOB_PREFIX}{cluster.name}:catch-up",
+                                  replace_existing=True, misfire_grace_time=int(MISFIRE_GRACE.total_seconds()))
+                log.info("schedule.catch_up", cluster=cluster.name, missed=missed.isoformat())
         if not self._triggers:
             return
         scheduler.start()
