@@ -33,14 +33,11 @@ from bot.runner import Busy, Runner
 from handlers.common import (
     CLUSTER_ARG,
     CommandSpec,
-    UsageError,
     command_context,
     counted,
     escape,
     mark_outcome,
-    parse_args,
-    refuse,
-    resolve_cluster,
+    parse_for_cluster,
 )
 from procedures import backup as ch1
 
@@ -118,13 +115,10 @@ class BackupCommands:
         log.info("backup.started", cluster=cluster, run_id=result.id, user=user)
 
     async def handle_backup(self, ack: Respond, command: dict[str, Any], respond: Respond) -> None:
-        try:
-            parsed = parse_args(command.get("text"), spec=SPEC)
-            cluster = resolve_cluster(settings=self.settings, explicit=parsed.values.get("cluster"),
-                                      channel_id=str(command.get("channel_id", "")), command=SPEC.command)
-        except UsageError as exc:
-            await refuse(ack=ack, command=command, reason=str(exc), kind="usage")
+        found = await parse_for_cluster(ack=ack, command=command, spec=SPEC, settings=self.settings)
+        if found is None:
             return
+        parsed, cluster = found
         dry_run = "--dry-run" in parsed.flags
         await ack(text=f"{'Planning' if dry_run else 'Checking'} a backup of {cluster}…", response_type="ephemeral")
         log.info("backup.asked", cluster=cluster, dry_run=dry_run, **command_context(command))
@@ -185,13 +179,10 @@ class BackupCommands:
         await self.start(cluster=cluster, user=user, channel=channel, respond=respond)
 
     async def handle_list(self, ack: Respond, command: dict[str, Any], respond: Respond) -> None:
-        try:
-            parsed = parse_args(command.get("text"), spec=LIST_SPEC)
-            cluster = resolve_cluster(settings=self.settings, explicit=parsed.values.get("cluster"),
-                                      channel_id=str(command.get("channel_id", "")), command=LIST_SPEC.command)
-        except UsageError as exc:
-            await refuse(ack=ack, command=command, reason=str(exc), kind="usage")
+        found = await parse_for_cluster(ack=ack, command=command, spec=LIST_SPEC, settings=self.settings)
+        if found is None:
             return
+        _, cluster = found
         await ack()
         records = await self.catalogue.list(cluster=cluster, limit=20)
         await respond(text=f"Backups of {cluster}", blocks=render_catalogue(cluster=cluster, records=records),

@@ -182,6 +182,20 @@ async def refuse(*, ack: Callable[..., Awaitable[Any]], command: dict[str, Any],
         metrics.command_handled(command.get("command"), outcome)
 
 
+async def parse_for_cluster(*, ack: Callable[..., Awaitable[Any]], command: dict[str, Any], spec: CommandSpec,
+                            settings: Settings) -> tuple[ParsedCommand, str] | None:
+    """A command's arguments and the cluster it is about; on bad input the refusal is the ack
+    (private, says what to type instead) and the answer is None: the caller runs nothing."""
+    try:
+        parsed = parse_args(command.get("text"), spec=spec)
+        cluster = resolve_cluster(settings=settings, explicit=parsed.values.get("cluster"),
+                                  channel_id=str(command.get("channel_id", "")), command=spec.command)
+    except UsageError as exc:
+        await refuse(ack=ack, command=command, reason=str(exc), kind="usage")
+        return None
+    return parsed, cluster
+
+
 def authorization_middleware(authorizer: Authorizer) -> Callable[..., Awaitable[Any]]:
     """A Bolt listener middleware: calls next() only for users who may run commands."""
 

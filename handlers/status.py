@@ -28,12 +28,9 @@ from bot.log import get_logger
 from handlers.common import (
     CLUSTER_ARG,
     CommandSpec,
-    UsageError,
     command_context,
     escape,
-    parse_args,
-    refuse,
-    resolve_cluster,
+    parse_for_cluster,
 )
 from procedures.diagnosis import Diagnosis, State
 from procedures.facts import ClusterFacts, SourceState
@@ -143,13 +140,10 @@ def fallback_text(facts: ClusterFacts, diagnosis: Diagnosis) -> str:
 def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awaitable[None]]:
     async def handle_status(ack: Callable[..., Awaitable[Any]], command: dict[str, Any], client: Any,
                             respond: Callable[..., Awaitable[Any]]) -> None:
-        try:
-            parsed = parse_args(command.get("text"), spec=SPEC)
-            cluster = resolve_cluster(settings=settings, explicit=parsed.values.get("cluster"),
-                                      channel_id=str(command.get("channel_id", "")), command=SPEC.command)
-        except UsageError as exc:
-            await refuse(ack=ack, command=command, reason=str(exc), kind="usage")
+        found = await parse_for_cluster(ack=ack, command=command, spec=SPEC, settings=settings)
+        if found is None:
             return
+        _, cluster = found
         await ack(text=f"Checking etcd on {cluster}…", response_type="ephemeral")
         log.info("status.start", cluster=cluster, **command_context(command))
         report: StatusReport = await clusters.status(cluster)

@@ -207,20 +207,21 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_heal(args: argparse.Namespace) -> int:
-    lab_dir = Path(args.dir).resolve()
-    _require_running(lab_dir)
-    _validate_node(lab_dir, args.node)
-    print(_call(lab_dir, {"cmd": "heal", "target": args.node})["message"])
-    return 0
+def _node_request(cmd: str) -> Any:
+    """`heal [NODE]` and `power-on [NODE]`: one request about all masters or one valid node."""
+
+    def run(args: argparse.Namespace) -> int:
+        lab_dir = Path(args.dir).resolve()
+        _require_running(lab_dir)
+        _validate_node(lab_dir, args.node)
+        print(_call(lab_dir, {"cmd": cmd, "target": args.node})["message"])
+        return 0
+
+    return run
 
 
-def cmd_power_on(args: argparse.Namespace) -> int:
-    lab_dir = Path(args.dir).resolve()
-    _require_running(lab_dir)
-    _validate_node(lab_dir, args.node)
-    print(_call(lab_dir, {"cmd": "power-on", "target": args.node})["message"])
-    return 0
+cmd_heal = _node_request("heal")
+cmd_power_on = _node_request("power-on")
 
 
 # ---- parser ---------------------------------------------------------------------------------

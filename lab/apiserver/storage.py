@@ -63,6 +63,14 @@ def _unb64(data: str) -> bytes:
     return base64.b64decode(data)
 
 
+def _exists_at(key: str, mod_revision: int | None) -> list[dict[str, Any]]:
+    """The txn compare of update() and delete(): the key exists and, if given, is still at mod_revision."""
+    compare: list[dict[str, Any]] = [{"key": _b64(key), "target": "CREATE", "create_revision": "0", "result": "GREATER"}]
+    if mod_revision is not None:
+        compare.append({"key": _b64(key), "target": "MOD", "mod_revision": str(mod_revision), "result": "EQUAL"})
+    return compare
+
+
 def prefix_range_end(prefix: str) -> bytes:
     """The exclusive end key of a prefix scan (etcdctl's `--prefix`): last byte + 1."""
     raw = bytearray(prefix.encode())
@@ -203,11 +211,7 @@ class EtcdStore:
 
         Raises NotFound when the key is gone, Conflict when it moved on.
         """
-        compare: list[dict[str, Any]] = [
-            {"key": _b64(key), "target": "CREATE", "create_revision": "0", "result": "GREATER"}
-        ]
-        if mod_revision is not None:
-            compare.append({"key": _b64(key), "target": "MOD", "mod_revision": str(mod_revision), "result": "EQUAL"})
+        compare = _exists_at(key, mod_revision)
         data = await self._call(
             "/v3/kv/txn",
             {
@@ -226,11 +230,7 @@ class EtcdStore:
 
     async def delete(self, key: str, *, mod_revision: int | None = None) -> KeyValue:
         """Delete the key and return its last value; NotFound/Conflict like update()."""
-        compare: list[dict[str, Any]] = [
-            {"key": _b64(key), "target": "CREATE", "create_revision": "0", "result": "GREATER"}
-        ]
-        if mod_revision is not None:
-            compare.append({"key": _b64(key), "target": "MOD", "mod_revision": str(mod_revision), "result": "EQUAL"})
+        compare = _exists_at(key, mod_revision)
         data = await self._call(
             "/v3/kv/txn",
             {
