@@ -44,6 +44,7 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    plan_of,
 )
 from bot.progress import ThrottledSender, output_chunks, render_plan, render_run, run_text, slack_time, who
 from bot.store import Run, RunState, RunStore, StepRecord, StepState
@@ -296,8 +297,10 @@ class Runner:
 
         ctx = self._context_factory(run=draft, results={}, heartbeat=no_heartbeat)
         steps = tuple(
-            PlannedStep(number=n, step_id=s.id, title=s.title, kind=s.kind, commands=tuple(s.plan(ctx)))
-            for n, s in enumerate(procedure.steps, start=1)
+            [
+                PlannedStep(number=n, step_id=s.id, title=s.title, kind=s.kind, commands=tuple(await plan_of(s, ctx)))
+                for n, s in enumerate(procedure.steps, start=1)
+            ]
         )
         plan = Plan(procedure=procedure, cluster=cluster, parameters=dict(parameters), steps=steps)
         await self.audit.record(

@@ -156,6 +156,7 @@ def step(
     def plan(ctx: StepContext) -> list[PlannedCommand]:
         return [PlannedCommand(target="api", command=f"oc get {step_id} --cluster {ctx.parameters.get('cluster', '')}")]
 
+    limits.setdefault("safe_to_repeat", True)
     return ProcedureStep(id=StepId(step_id), title=f"Title of {step_id}", kind=kind, run=run, plan=plan, **limits)
 
 
