@@ -69,7 +69,7 @@ def decide(
         reasons[b.id].append(f"one of the last {rules.last}")
     for label, count, bucket in (
         ("daily", rules.daily, lambda t: t.strftime("%Y-%m-%d")),
-        ("weekly", rules.weekly, lambda t: "%04d-W%02d" % t.isocalendar()[:2]),
+        ("weekly", rules.weekly, lambda t: "{:04d}-W{:02d}".format(*t.isocalendar()[:2])),
         ("monthly", rules.monthly, lambda t: t.strftime("%Y-%m")),
     ):
         for backup_id, period in _newest_per_period(newest_first, zone=zone, bucket=bucket)[:count]:

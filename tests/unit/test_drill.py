@@ -16,9 +16,9 @@ import pytest
 
 from bot.drill import (
     CLUSTERVERSION_KEY,
-    DrillExpectation,
     Driller,
     DrillError,
+    DrillExpectation,
     check_result,
     check_space,
     clusterversion_of,
