@@ -80,7 +80,7 @@ def known_hosts_line(host: str, port: int, host_key_path: Path) -> str:
     return f"{name} {algo} {blob}"
 
 
-class _Session(asyncssh.SSHServerProcess):  # type: ignore[type-arg]
+class _Session(asyncssh.SSHServerProcess[bytes]):
     """A session whose ``sftp`` subsystem goes to the process factory like a command.
 
     asyncssh serves SFTP itself, inside the daemon (root); a real sshd execs ``sftp-server`` as
