@@ -64,19 +64,36 @@ def api_serving_files(spec: LabSpec) -> tuple[Path, Path, Path]:
 
 
 def install_node_certs(spec: LabSpec, *, masters: list[MasterSpec]) -> None:
-    """Every host holds every node's certs (etcd-all-peer etc.), as OpenShift's static pod resources do."""
+    """Every host holds every node's certs (etcd-all-peer etc.), as OpenShift's static pod resources do.
+
+    Modes as the installer pod writes them (library-go ``installerpod``): directories 0755,
+    configmap files 0644, secret files 0600, all root's; user core cannot read a key without sudo.
+    """
     ca_pem = etcd_ca(spec).cert_pem
     all_certs = {m.node: node_certs(spec, m) for m in masters}
     for target in masters:
         base = host_root(spec, target.node) / "etc/kubernetes/static-pod-resources/etcd-certs"
         for name in ("etcd-serving-ca", "etcd-peer-client-ca", "etcd-metrics-proxy-serving-ca"):
-            (base / "configmaps" / name).mkdir(parents=True, exist_ok=True)
+            _make_dirs(base / "configmaps" / name)
             (base / "configmaps" / name / "ca-bundle.crt").write_bytes(ca_pem)
+            (base / "configmaps" / name / "ca-bundle.crt").chmod(0o644)
         for node, certs in all_certs.items():
             for kind, folder in (("peer", "etcd-all-peer"), ("serving", "etcd-all-serving"),
                                  ("serving-metrics", "etcd-all-serving-metrics")):
-                certs[kind].write(cert=base / "secrets" / folder / f"etcd-{kind}-{node}.crt",
-                                  key=base / "secrets" / folder / f"etcd-{kind}-{node}.key")
+                secret_dir = base / "secrets" / folder
+                _make_dirs(secret_dir)
+                cert, key = secret_dir / f"etcd-{kind}-{node}.crt", secret_dir / f"etcd-{kind}-{node}.key"
+                certs[kind].write(cert=cert, key=key)
+                cert.chmod(0o600)
+                key.chmod(0o600)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p with 0755 on what it creates up to the host's static-pod-resources (umask aside)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        created.chmod(0o755)
 
 
 def write_etcd_manifest(spec: LabSpec, master: MasterSpec, *, revision: int, initial_cluster: list[MasterSpec],
@@ -85,11 +102,11 @@ def write_etcd_manifest(spec: LabSpec, master: MasterSpec, *, revision: int, ini
     text = manifests.etcd_pod_yaml(master, revision=revision, initial_cluster=initial_cluster,
                                    endpoints=endpoints, state=state)
     resource_dir = root / f"etc/kubernetes/static-pod-resources/etcd-pod-{revision}"
-    resource_dir.mkdir(parents=True, exist_ok=True)
-    (resource_dir / "etcd-pod.yaml").write_text(text)
+    _make_dirs(resource_dir)
+    _write_config(resource_dir / "etcd-pod.yaml", text)
     restore = root / "etc/kubernetes/static-pod-resources/etcd-certs/configmaps/restore-etcd-pod"
-    restore.mkdir(parents=True, exist_ok=True)
-    (restore / "pod.yaml").write_text(manifests.restore_pod_yaml(master, revision=revision))
+    _make_dirs(restore)
+    _write_config(restore / "pod.yaml", manifests.restore_pod_yaml(master, revision=revision))
     _atomic_write(root / "etc/kubernetes/manifests/etcd-pod.yaml", text)
 
 
@@ -97,17 +114,23 @@ def write_control_plane_manifest(spec: LabSpec, master: MasterSpec, kind: str, *
     root = host_root(spec, master.node)
     text = manifests.control_plane_pod_yaml(kind, revision=revision)
     resource_dir = root / f"etc/kubernetes/static-pod-resources/{kind}-pod-{revision}"
-    resource_dir.mkdir(parents=True, exist_ok=True)
-    (resource_dir / f"{kind}-pod.yaml").write_text(text)
-    (resource_dir / "configmaps" / "config").mkdir(parents=True, exist_ok=True)
-    (resource_dir / "configmaps" / "config" / "config.yaml").write_text(json.dumps({"kind": kind, "revision": revision}))
+    _make_dirs(resource_dir / "configmaps" / "config")
+    _write_config(resource_dir / f"{kind}-pod.yaml", text)
+    _write_config(resource_dir / "configmaps" / "config" / "config.yaml", json.dumps({"kind": kind, "revision": revision}))
     _atomic_write(root / f"etc/kubernetes/manifests/{kind}-pod.yaml", text)
 
 
+def _write_config(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o644)
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A static pod manifest: root's, 0644, replaced in one rename (the kubelet never reads half)."""
+    _make_dirs(path.parent)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_text(text)
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 

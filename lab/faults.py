@@ -17,7 +17,8 @@ from lab.apiserver.storage import NotFound
 if TYPE_CHECKING:
     from lab.daemon import Host, LabDaemon
 
-NODE_FAULTS = ("stop-machine", "node-notready", "crashloop-etcd", "kill-etcd", "drop-ssh", "slow-etcd")
+NODE_FAULTS = ("stop-machine", "node-notready", "crashloop-etcd", "kill-etcd", "drop-ssh", "block-ssh", "stall-ssh",
+               "slow-etcd")
 CLUSTER_FAULTS = ("lose-quorum", "delete-object", "expire-certs", "api-down")
 KINDS = NODE_FAULTS + CLUSTER_FAULTS
 
@@ -88,6 +89,12 @@ async def _apply_node(daemon: LabDaemon, kind: str, host: Host) -> str:
     if kind == "drop-ssh":
         host.ssh.drop_connections()
         return f"SSH connections to {host.node} dropped"
+    if kind == "block-ssh":
+        await host.ssh.block()
+        return f"SSH on {host.node} is down: connections refused until heal"
+    if kind == "stall-ssh":
+        host.ssh.stall()
+        return f"SSH on {host.node} is stalled: logins succeed, commands hang until heal"
     if kind == "slow-etcd":
         pid = _etcd_pid(host)
         if pid is None:
@@ -144,6 +151,7 @@ async def heal(daemon: LabDaemon, target: Any = None) -> str:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+        host.ssh.heal()  # SSH listens again below (power_on or start), not while powered off
         host.kubelet.held.discard("etcd")
         if "etcd" in host.kubelet.crashloop:
             host.kubelet.crashloop.discard("etcd")
@@ -154,7 +162,7 @@ async def heal(daemon: LabDaemon, target: Any = None) -> str:
                 c.next_start = 0.0
         if not host.kubelet.powered:
             await daemon.power_on(host, after_shutdown=False)
-        elif not host.ssh_blocked:
+        else:
             await host.ssh.start()
         host.kubelet.poke()
         healed.append(host.node)
