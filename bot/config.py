@@ -53,6 +53,7 @@ HINTS: dict[str, str] = {
                         'or "" for no scheduled backups'),
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
+    "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
     "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
     "clusters": (
@@ -231,8 +232,11 @@ class Settings(BaseSettings):
     # Cron (5 fields) in each cluster's timezone; "" = no scheduled backups. A cluster may override it.
     backup_schedule: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Who may run commands. Neither set: nobody (closed by default; the refusal names these).
     allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_usergroup: str | None = None
+    # Extra procedure modules imported at start so they register (beside the built-in ones).
+    procedure_modules: Annotated[tuple[str, ...], NoDecode] = ()
     approver_usergroup: str = "etcd-approvers"
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
 
@@ -245,6 +249,21 @@ class Settings(BaseSettings):
     @classmethod
     def _backup_schedule(cls, value: str) -> str:
         return check_schedule(value)
+
+    @field_validator("procedure_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [m.strip() for m in value.split(",") if m.strip()]
+        for module in value or ():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", str(module)):
+                raise ValueError(f"{module!r} is not a Python module name")
+        return tuple(value or ())
+
+    @property
+    def closed(self) -> bool:
+        """No allowed users and no allowed group: the bot refuses every command."""
+        return not self.allowed_users and not self.allowed_usergroup
 
     @field_validator("log_level", mode="before")
     @classmethod
