@@ -55,7 +55,8 @@ async def run(settings: Settings) -> None:
     log.info("app.start", mode=settings.slack_mode, clusters=list(settings.cluster_names),
              slack_api_url=settings.slack_api_url)
     health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port,
-                          access=f"closed: {CLOSED_REASON}" if settings.closed else "open to the allowed users")
+                          access=f"closed: {CLOSED_REASON}" if settings.closed else "open to the allowed users",
+                          redis_password=settings.redis_options().get("password", ""))
     await health.start()
     try:
         if settings.slack_mode == "socket":

@@ -46,6 +46,7 @@ HINTS: dict[str, str] = {
     "http_port": "a TCP port number, e.g. 3000",
     "health_port": "a TCP port number for /healthz, /readyz and /metrics, e.g. 8080",
     "redis_url": "a Redis URL, e.g. redis://127.0.0.1:6379/0",
+    "redis_password": "the Redis password (the Helm chart's Secret key redis-password); empty: the URL's, if any",
     "backup_dir": "a directory for backups, e.g. /var/lib/etcdbot/backups",
     "backup_keys_dir": "a directory apart from the backups for encryption keys, e.g. /var/lib/etcdbot/keys",
     "backup_copy_rate": "bytes per second a backup copy may take from a master (0: no limit)",
@@ -224,6 +225,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=3000, gt=0, lt=65536)
     health_port: int = Field(default=8080, gt=0, lt=65536)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None  # overrides a password in the URL (kept out of ConfigMaps)
     backup_dir: Path = Path("/var/lib/etcdbot/backups")
     # With etcd encryption on, the static resources tarball holds the keys: it goes here, apart
     # from the snapshots (default: BACKUP_DIR/../<name>-keys, a sibling, never inside BACKUP_DIR).
@@ -323,6 +325,11 @@ class Settings(BaseSettings):
             raise ValueError("ETCDBOT_HTTP_PORT and ETCDBOT_HEALTH_PORT must differ")
         return self
 
+    def redis_options(self) -> dict[str, Any]:
+        """Extra arguments for `redis.asyncio.Redis.from_url(self.redis_url, ...)`: the password."""
+        password = self.redis_password.get_secret_value() if self.redis_password else ""
+        return {"password": password} if password else {}
+
     def cluster(self, name: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if c.name == name), None)
 
@@ -339,7 +346,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's clear text, for the log redactor."""
-        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret]
+        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret, self.redis_password]
         return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
 
 

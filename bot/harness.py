@@ -99,7 +99,8 @@ class StepEnvironment:
     @property
     def catalogue(self) -> Catalogue:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=10,
+                                                  **self.settings.redis_options())
         return Catalogue(redis=self._redis)
 
     async def _heartbeat(self, text: str) -> None:

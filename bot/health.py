@@ -44,9 +44,11 @@ class HealthServer:
         host: str = "0.0.0.0",
         timeout: float = DEFAULT_TIMEOUT,
         access: str = "",
+        redis_password: str = "",
     ) -> None:
         self._access = access
-        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                        **({"password": redis_password} if redis_password else {}))
         self._slack = slack
         self._host = host
         self.port = port

@@ -137,7 +137,8 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     (so a wrong ETCDBOT_PROCEDURE_MODULES stops the bot here, at start)."""
     load_procedures((*BUILTIN_PROCEDURES, *settings.procedure_modules))
     redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+        **settings.redis_options(),
     )
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
                             timeout=30)
