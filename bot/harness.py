@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from bot.backups import BackupStore, Catalogue
 from bot.cluster.nodes import NodeShell
+from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings, load_settings
 from bot.procedure import (
@@ -117,6 +118,7 @@ class StepEnvironment:
             kube=kube,  # type: ignore[arg-type]
             hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
             results=self.results, heartbeat=self._heartbeat, requester=self.requester, fence=self.fence,
+            etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
             overrides=self.overrides, store=self.store, catalogue=self.catalogue,
         )
 

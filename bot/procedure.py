@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, NewType, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from bot.backups import BackupStore, Catalogue
-    from bot.cluster.etcdctl import EndpointHealth, EndpointStatus, MemberList
+    from bot.cluster.etcd import EndpointStatuses, EtcdSurvey
+    from bot.cluster.etcdctl import EndpointHealth, MemberList
     from bot.cluster.kube import KubeClient
     from bot.cluster.nodes import NodeShell
     from bot.config import ClusterSettings, Settings
@@ -150,16 +151,24 @@ async def no_fence() -> None:
 
 class EtcdAccess(Protocol):
     """What a step may ask of etcd, wherever it answers: a healthy pod's etcdctl container, else
-    a master over SSH with the environment of its static pod manifest (bot/cluster/etcd.py).
-    `remove_member` is a write: it calls the run's fence first."""
+    a master over SSH with the environment of its static pod manifest (bot/cluster/etcd.py, given
+    to steps as bot/cluster/stepetcd.py's `StepEtcd`). `member_remove` is a write: it calls the
+    run's fence first. `avoiding(node)` never uses an etcd pod on that node."""
+
+    @property
+    def via(self) -> str: ...
+
+    def avoiding(self, *nodes: str) -> EtcdAccess: ...
 
     async def member_list(self) -> MemberList: ...
 
-    async def health(self) -> tuple[EndpointHealth, ...]: ...
+    async def member_remove(self, member_id: str) -> MemberList: ...
 
-    async def status(self) -> tuple[EndpointStatus, ...]: ...
+    async def endpoint_status(self) -> EndpointStatuses: ...
 
-    async def remove_member(self, member_id: str) -> None: ...
+    async def endpoint_health(self) -> tuple[EndpointHealth, ...]: ...
+
+    async def survey(self) -> EtcdSurvey: ...
 
 
 def _bind(access: Any, fence: Fence) -> Any:

@@ -30,6 +30,7 @@ from bot.approvals import RedisApprovals, SlackApproverCheck
 from bot.audit import Audit
 from bot.backups import BackupStore, Catalogue
 from bot.cluster.nodes import NodeShell
+from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings
 from bot.log import get_logger
@@ -91,13 +92,9 @@ class Services:
             kube=kube,  # type: ignore[arg-type]
             hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
             results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
-            etcd=self.etcd(run.cluster), store=self.store, catalogue=self.catalogue,
+            etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
+            store=self.store, catalogue=self.catalogue,
         )
-
-    def etcd(self, cluster: str) -> Any:
-        """etcd access for a step (member list/remove, health, status): bot/cluster/etcd.py once
-        it lands; None until then (steps ask `ctx.need_etcd()`)."""
-        return None
 
     async def open(self) -> None:
         await self.runner.open()

@@ -126,3 +126,24 @@ async def test_node_shell_changes_and_uploads_behind_the_fence(lab: Lab, env: St
     with pytest.raises(StepFailed):
         await refused.change(node=node, argv=["touch", "/home/core/kit-probe.txt"], timeout=30)
     assert lab.ssh(node, "test -e /home/core/kit-probe.txt && echo yes || echo no").stdout.strip() == "no"
+
+
+async def test_etcd_access_reads_and_a_lost_fence_removes_no_member(lab: Lab, env: StepEnvironment) -> None:
+    etcd = env.context().need_etcd()
+    members = await etcd.member_list()
+    assert sorted(m.name for m in members.members) == sorted(lab.masters)
+    assert etcd.via.startswith(("exec in etcd-", "SSH on "))
+    health = await etcd.endpoint_health()
+    assert len(health) == 3 and all(h.healthy for h in health)
+
+    async def lost() -> None:
+        raise StepFailed("lock lost")
+
+    env.fence = lost
+    doomed = members.members[0].id
+    with pytest.raises(StepFailed):
+        await env.context().need_etcd().member_remove(doomed)
+    assert len((await env.context().need_etcd().member_list()).members) == 3
+    avoided = env.context().need_etcd().avoiding(lab.masters[0])
+    await avoided.member_list()
+    assert lab.masters[0] not in avoided.via
