@@ -33,8 +33,17 @@ def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorize
         available |= _register_procedures(app, settings=settings, clusters=clusters, authorizer=authorizer,
                                           services=services)
     app.command("/etcd-help")(counted("/etcd-help", help_.make_handler(available=available,
-                                                                      clusters=settings.cluster_names)))
+                                                                      clusters=settings.cluster_names,
+                                                                      extra=_procedure_help())))
     return available
+
+
+def _procedure_help() -> list[tuple[str, str, str]]:
+    """Help lines of the registered procedures that have a command (their usage from the kit)."""
+    from bot.procedure import registrations
+    from handlers.procedures import spec_of
+
+    return [(r.command, spec_of(r).usage, r.summary or r.title) for r in registrations() if r.command]
 
 
 def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer,
