@@ -28,6 +28,7 @@ about that fire when it comes back. With several replicas, another one takes it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,8 +88,6 @@ async def first_refusal_notice(redis: aioredis.Redis, *, cluster: str, refusal: 
                                prefix: str = "etcdbot") -> bool:
     """True the first time a refusal is to be posted: once per refusal period (its `until`, e.g.
     the end of a young cluster's first 24 h), else once a day for the same text."""
-    import hashlib
-
     digest = hashlib.sha256(refusal.message.encode()).hexdigest()[:16]
     if refusal.until is not None:
         key = f"{prefix}:schedule:{cluster}:refused:{int(refusal.until)}"

@@ -15,6 +15,15 @@ One choice differs from the page: each run writes into its own directory,
 side are how a snapshot gets restored with another run's static resources. A run directory also
 makes "clean the host's copy" one `rm -rf` of a path the bot built itself.
 
+Built on the procedure kit (bot/procedure.py): the module registers `backup` (and its command
+`/etcd-backup`) at import; `admission` holds the one copy of the 24 h rule (refuse) and of peak
+hours (warn, "Back up anyway"), asked by the runner for a person's start, a dry run and a
+scheduled start alike; each step returns a typed result (`Prerequisites`, `PickedMasters`,
+`ScriptOutput`, `VerifiedSnapshot`, `CopiedFiles`, `RecordedBackup`) that later steps read with
+`ctx.result(...)`. The SSH user is the unprivileged `core` of RHCOS: the script, the chown, the
+listing, `etcdctl snapshot status`, `sha256sum` and removing the run directory go through sudo;
+commands that change the host go through `ctx.hosts.change` (fenced).
+
 Steps are safe to repeat (Resume after a crash): the script step clears its run directory first,
 the copy step starts from an empty temporary directory, recording is idempotent.
 
