@@ -214,6 +214,8 @@ def env_lines(spec: LabSpec) -> list[str]:
         ("ETCDBOT_SLACK_SIGNING_SECRET", spec.slack_signing_secret),
         ("ETCDBOT_BACKUP_DIR", str(spec.path / "backups")),
         ("ETCDBOT_APPROVER_USERGROUP", "etcd-approvers"),
+        # The bot is closed by default: the lab's people (alice, bob, carol; not dave) may run commands.
+        ("ETCDBOT_ALLOWED_USERS", '["U0ALICE01","U0BOB0001","U0CAROL01"]'),
         ("ETCDBOT_CLUSTERS", json.dumps([cluster], separators=(",", ":"))),
     ]
     if spec.bot_http_port and spec.bot_health_port:
