@@ -275,6 +275,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class SeenCluster:
+    """What the bot last read of a cluster's API that a restore needs when the API is down:
+    the version (a restore needs the same z-stream) and the cluster-wide proxy (exported for
+    cluster-restore.sh)."""
+
+    cluster: str
+    version: str
+    proxy: Mapping[str, str]
+    at: float
+    masters: tuple[str, ...] = ()  # the nodes the API labelled master (SSH config may list workers too)
+
+
 class Catalogue:
     """Backups by cluster in Redis: `etcdbot:backup:<id>` (JSON) and `etcdbot:backups:<cluster>`
     (a sorted set by finish time). Only verified, committed backups are ever added."""
@@ -308,6 +321,24 @@ class Catalogue:
             return []
         raws = await self._redis.mget([self._key(i.decode() if isinstance(i, bytes) else i) for i in ids])
         return [BackupRecord.from_storage(json.loads(r)) for r in raws if r]
+
+    async def note_seen(self, seen: SeenCluster) -> None:
+        """Keeps what the API said last (`seen_last()` answers with it when the API is down)."""
+        await self._redis.set(f"{self._prefix}:cluster-seen:{seen.cluster}",
+                              json.dumps({"version": seen.version, "proxy": dict(seen.proxy), "at": seen.at,
+                                          "masters": list(seen.masters)}))
+
+    async def seen_last(self, cluster: str) -> SeenCluster | None:
+        raw = await self._redis.get(f"{self._prefix}:cluster-seen:{cluster}")
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return SeenCluster(cluster=cluster, version=str(data["version"]), at=float(data["at"]),
+                               proxy={str(k): str(v) for k, v in dict(data.get("proxy") or {}).items()},
+                               masters=tuple(str(m) for m in data.get("masters") or ()))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     async def rebuild(self, records: Sequence[BackupRecord]) -> int:
         """Adds the given records (from `BackupStore.records()`) that the catalogue lacks."""

@@ -52,6 +52,7 @@ HINTS: dict[str, str] = {
     "backup_copy_rate": "bytes per second a backup copy may take from a master (0: no limit)",
     "backup_schedule": ('a 5-field cron expression in each cluster\'s timezone, e.g. "0 3 * * *" (03:00 daily), '
                         'or "" for no scheduled backups'),
+    "restore_wait": "seconds each wait of /etcd-restore may take before the run stops and says why (1 to 3600)",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
     "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
@@ -240,6 +241,9 @@ class Settings(BaseSettings):
     # Extra procedure modules imported at start so they register (beside the built-in ones).
     procedure_modules: Annotated[tuple[str, ...], NoDecode] = ()
     approver_usergroup: str = "etcd-approvers"
+    # /etcd-restore (5.3): the deadline of each of its waits (static pods stopping, the single
+    # member starting, each operator's redeployment, the members joining), in seconds.
+    restore_wait: float = Field(default=1800.0, gt=0, le=3600)
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
 
     @field_validator("allowed_users", "clusters", mode="before")

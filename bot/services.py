@@ -29,7 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.approvals import RedisApprovals, SlackApproverCheck
 from bot.audit import Audit
 from bot.backups import BackupStore, Catalogue
-from bot.cluster.nodes import NodeShell
+from bot.cluster.nodes import CommandNote, NodeShell
 from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings
@@ -53,7 +53,7 @@ from bot.tasks import cancel_and_wait
 log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
-BUILTIN_PROCEDURES = ("procedures.backup",)
+BUILTIN_PROCEDURES = ("procedures.backup", "procedures.restore")
 BACKUP = "backup"
 
 REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
@@ -87,14 +87,30 @@ class Services:
             raise KeyError(f"cluster {run.cluster!r} is no longer configured")
         kube = self.clusters.kube(run.cluster)
         hosts = self.clusters.hosts(run.cluster)
+        note = self._command_note(run)
         return StepContext(
             run_id=run.id, cluster=cluster, settings=self.settings, parameters=run.parameters,
             kube=kube,  # type: ignore[arg-type]
-            hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
+            hosts=NodeShell(hosts, kube=kube, note=note) if hosts is not None else None,  # type: ignore[arg-type]
             results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
             etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
-            store=self.store, catalogue=self.catalogue,
+            store=self.store, catalogue=self.catalogue, note_command=note,
         )
+
+    def _command_note(self, run: Run) -> CommandNote:
+        """Every command a run's steps send, with its exit status, in the cluster's audit stream
+        (event `command`). A record that cannot be written is logged, never fatal to the step."""
+        audit = self.runner.audit
+
+        async def note(*, target: str, command: str, rc: int | None, elapsed: float, error: str = "") -> None:
+            try:
+                await audit.record(cluster=run.cluster, event="command", actor=run.requester, run_id=run.id,
+                                   target=target, command=command[:2000], rc="none" if rc is None else rc,
+                                   elapsed=f"{elapsed:.3f}", error=error[:500] or None)
+            except (OSError, aioredis.RedisError) as exc:
+                log.warning("audit.command_failed", run_id=run.id, error=str(exc))
+
+        return note
 
     async def open(self) -> None:
         await self.runner.open()
