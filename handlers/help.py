@@ -20,7 +20,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("/etcd-backups", "/etcd-backups [cluster]", "list the stored backups"),
     ("/etcd-backup-verify", "/etcd-backup-verify <id>", "check a stored backup (checksum, snapshot status)"),
     ("/etcd-replace-member", "/etcd-replace-member <node> [cluster]", "replace an unhealthy member (Ch.2)"),
-    ("/etcd-restore", "/etcd-restore <backup-id> [recovery-host] [cluster]",
+    ("/etcd-restore", "/etcd-restore <backup-id> [--recovery-host NODE] [--dry-run] [cluster]",
      "restore to a previous cluster state (Ch.5.3)"),
     ("/etcd-shutdown", "/etcd-shutdown [cluster]", "shut the cluster down gracefully (Ch.3)"),
     ("/etcd-restart-check", "/etcd-restart-check [cluster]", "check the cluster after power-on (Ch.4)"),

@@ -441,6 +441,11 @@ async def stopped_half_way(ctx: StepContext, chosen: Chosen, *, message: str, re
     return StepFailed(message, next_action=text, hold=True)
 
 
+def _plan_run_id(ctx: StepContext) -> str:
+    """The run id a plan names (a dry run has none yet)."""
+    return ctx.run_id if ctx.run_id != "dry-run" and rh.RUN_ID_RE.fullmatch(ctx.run_id) else "RUN-ID"
+
+
 def _chosen(ctx: StepContext) -> Chosen:
     return ctx.result(S_OPEN, Chosen)
 
@@ -561,7 +566,7 @@ async def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
     node = chosen.recovery if chosen else "RECOVERY-HOST"
     files = chosen.files if chosen else ()
     target = _target(ctx, node)
-    run_id = ctx.run_id if rh.RUN_ID_RE.fullmatch(ctx.run_id) else "RUN-ID"
+    run_id = _plan_run_id(ctx)
     plan = [
         PlannedCommand(target, rh.command_text(rh.list_backup_dir_command())),
         PlannedCommand(target, rh.command_text(rh.move_previous_backup_command(run_id)) + "   (only if it holds other files)"),
@@ -654,7 +659,7 @@ async def _stop_plan(ctx: StepContext) -> list[PlannedCommand]:
     chosen = await _plan_chosen(ctx)
     if chosen is None:
         return [PlannedCommand("(every other master)", "no backup by that id: nothing would run")]
-    run_id = ctx.run_id if rh.RUN_ID_RE.fullmatch(ctx.run_id) else "RUN-ID"
+    run_id = _plan_run_id(ctx)
     wait = f"   (repeated until it lists no {{}} container but the operator's; at most {_wait(ctx):g} s)"
     plan = _info_lines(chosen)
     for node in chosen.others:
@@ -698,7 +703,7 @@ async def move_data_dirs(ctx: StepContext) -> StepResult:
 
 async def _data_plan(ctx: StepContext) -> list[PlannedCommand]:
     chosen = await _plan_chosen(ctx)
-    run_id = ctx.run_id if rh.RUN_ID_RE.fullmatch(ctx.run_id) else "RUN-ID"
+    run_id = _plan_run_id(ctx)
     others = chosen.others if chosen else ("EVERY-OTHER-MASTER",)
     plan = []
     for node in others:
@@ -903,7 +908,7 @@ async def _read_operator(kube: KubeClient, operator: Operator) -> dict[str, Any]
 
 def redeploy_plan(operator: Operator) -> Callable[[StepContext], list[PlannedCommand]]:
     def plan(ctx: StepContext) -> list[PlannedCommand]:
-        run_id = ctx.run_id if rh.RUN_ID_RE.fullmatch(ctx.run_id) else "RUN-ID"
+        run_id = _plan_run_id(ctx)
         reason = f"recovery-$(date --rfc-3339=ns) run {run_id}"
         return [PlannedCommand("api", patch_text(operator.name, reason) + "   (unless this run set it already)"),
                 PlannedCommand("api", progress_text(operator.name) + "   (until AllNodesAtLatestRevision, "

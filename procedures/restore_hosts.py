@@ -30,7 +30,7 @@ APISERVER_MANIFEST = f"{MANIFESTS}/kube-apiserver-pod.yaml"
 DATA_DIR = "/var/lib/etcd"
 HOST_BACKUP_DIR = "/home/core/backup"
 RESTORE_SCRIPT = "/usr/local/bin/cluster-restore.sh"
-RUN_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+RUN_ID_RE = re.compile(r"^([a-z0-9-]{1,64}|RUN-ID)$")  # RUN-ID: what a dry run's plan shows
 PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 PROXY_VALUE_RE = re.compile(r"^[A-Za-z0-9:/._,@%*=+~\[\]-]{1,4096}$")
 BACKUP_FILE_RE = re.compile(r"^(snapshot_[0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{6}\.db|"
