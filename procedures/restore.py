@@ -613,7 +613,7 @@ async def stop_static_pods(ctx: StepContext) -> StepResult:
                 if in_place:
                     await _checked(host, rh.mkdir_aside_command(ctx.run_id), change=True)
                     await _checked(host, argv, change=True)
-                    done[node].append(f"{what} pod manifest moved")
+                    done[node].append(rh.ETCD_DONE if what == "etcd" else rh.APISERVER_DONE)
                 await _wait_gone(ctx, host, what=what, pick=pick)
 
     await _on_every(ctx, chosen, [on(n) for n in chosen.others], done=done, restore_done=False)
@@ -691,7 +691,7 @@ async def move_data_dirs(ctx: StepContext) -> StepResult:
             if state.data_dir_in_place:
                 await _checked(host, rh.mkdir_aside_command(ctx.run_id), change=True)
                 await _checked(host, rh.move_data_dir_command(ctx.run_id), change=True)
-                done[node].append("data dir moved")
+                done[node].append(rh.DATA_DONE)
             elif not state.data_dir_aside:
                 notes.append(f"`{node}` had no {rh.DATA_DIR}")
 

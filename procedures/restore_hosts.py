@@ -200,6 +200,11 @@ def parse_probe(node: str, run_id: str, *, rc: int | None, stdout: str, error: s
 
 # ---- the report when a restore stops half way ---------------------------------------------------
 
+# What the steps record as done on a host (HostsDone), read back by the report.
+ETCD_DONE = "etcd pod manifest moved"
+APISERVER_DONE = "kube-apiserver pod manifest moved"
+DATA_DONE = "data dir moved"
+
 
 def describe_state(state: HostState, *, recovery: bool, restore_done: bool, known: Sequence[str] = ()) -> str:
     """One line about one master, as a person checks it by hand."""
@@ -226,11 +231,14 @@ def describe_state(state: HostState, *, recovery: bool, restore_done: bool, know
     return f"`{state.node}`{role}: " + ", ".join(parts)
 
 
-def finish_commands(state: HostState, run_id: str) -> list[str]:
-    """The document's commands a non-recovery master still needs before the restore script."""
+def finish_commands(state: HostState, run_id: str, *, known: Sequence[str] = ()) -> list[str]:
+    """The document's commands a non-recovery master still needs before the restore script (for
+    a host that does not answer: those the bot had not done there, as far as it knows)."""
     if not state.reachable:
-        return [command_text(c) for c in (mkdir_aside_command(run_id), move_etcd_manifest_command(run_id),
-                                           move_apiserver_manifest_command(run_id), move_data_dir_command(run_id))]
+        steps = ((ETCD_DONE, move_etcd_manifest_command(run_id)), (APISERVER_DONE, move_apiserver_manifest_command(run_id)),
+                 (DATA_DONE, move_data_dir_command(run_id)))
+        left = [argv for done, argv in steps if done not in known]
+        return [command_text(c) for c in ([mkdir_aside_command(run_id), *left] if left else [])]
     commands = []
     if state.etcd_manifest_in_place or state.apiserver_manifest_in_place or (state.data_dir_in_place and not state.data_dir_aside):
         commands.append(mkdir_aside_command(run_id))
@@ -260,38 +268,32 @@ def rollback_commands(state: HostState, run_id: str) -> list[str]:
 
 def report(states: Sequence[HostState], *, recovery: str, run_id: str, restore_done: bool, proxy: Mapping[str, str],
            known: Mapping[str, Sequence[str]], runbook: str) -> str:
-    """Per master: what state it is in; then the next commands to finish (Resume, or by hand) and,
-    while the restore script has not run, to roll back. Short enough for one Slack section."""
-    lines = ["*Hosts now:*"]
+    """Per master: what state it is in, the next command it needs and, while the restore script
+    has not run, the commands that put it back; then how to go on. Short enough for one Slack
+    section beside the run's other lines."""
+    lines = []
     for state in states:
-        lines.append("• " + describe_state(state, recovery=state.node == recovery, restore_done=restore_done,
-                                          known=known.get(state.node, ())))
-    unreachable = [s.node for s in states if not s.reachable]
-    first = f"restore SSH to {', '.join(f'`{n}`' for n in unreachable)}, then " if unreachable else ""
-    lines.append(f"*To finish:* {first}press *Resume* (the remaining commands need a new approval).")
-    if not restore_done:
-        by_hand = []
-        for state in states:
-            if state.node == recovery:
-                continue
-            todo = finish_commands(state, run_id)
-            if todo:
-                by_hand.append(f"on `{state.node}`: " + "; ".join(f"`{c}`" for c in todo))
-        script = command_text(restore_script_command(proxy))
-        by_hand.append(f"then on `{recovery}`: `{script}`")
-        lines.append("By hand instead: " + " · ".join(by_hand) + f", then the rest of {runbook}.")
-        rollback = []
-        for state in states:
-            if state.node == recovery:
-                continue
+        line = "• " + describe_state(state, recovery=state.node == recovery, restore_done=restore_done,
+                                     known=known.get(state.node, ()))
+        if state.node == recovery:
+            if not restore_done:
+                line += f". Next, once every other master is done: `{command_text(restore_script_command(proxy))}`"
+        elif not restore_done:
+            todo = finish_commands(state, run_id, known=known.get(state.node, ()))
+            next_one = next((c for c in todo if not c.startswith("sudo mkdir")), "")
+            line += f". Next: `{next_one}`" if next_one else ". Done"
             back = rollback_commands(state, run_id) if state.reachable else []
             if back:
-                rollback.append(f"on `{state.node}`: " + "; ".join(f"`{c}`" for c in back))
+                line += ". Back: " + "; ".join(f"`{c}`" for c in back)
             elif not state.reachable and known.get(state.node):
-                rollback.append(f"on `{state.node}` (when it answers): put back what is in `{aside_dir(run_id)}/`")
-        if rollback:
-            lines.append("*To roll back* (the restore script has not run): " + " · ".join(rollback))
+                line += f". Back (when it answers): what is in `{aside_dir(run_id)}/`, the data dir first"
+        lines.append(line)
+    unreachable = [s.node for s in states if not s.reachable]
+    first = f"restore SSH to {', '.join(f'`{n}`' for n in unreachable)}, then " if unreachable else ""
+    lines.append(f"*To finish:* {first}press *Resume* (a destructive step asks a new approval), or run the next "
+                 f"commands by hand and the rest of {runbook}.")
+    if restore_done:
+        lines.append(f"The restore script has run on `{recovery}`: the old data is replaced, there is no rolling back.")
     else:
-        lines.append(f"The restore script has run on `{recovery}`: the old data is replaced, there is no rolling "
-                     f"back; finish forward ({runbook}).")
+        lines.append("*To roll back* (the restore script has not run): the *Back* commands on each master, then *Abort*.")
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def backup(lab: Lab) -> str:
 
 HOST_STATE = ("sudo ls /etc/kubernetes/manifests; echo ---; sudo ls -d /var/lib/etcd /var/lib/etcd/member 2>&1; "
               "echo ---; sudo ls -d /tmp/etcdbot-restore-* 2>/dev/null; echo ---; "
-              "sudo crictl ps | awk 'NR>1 {print $(NF-3)}' | sort")
+              "sudo crictl ps -a | awk 'NR>1 {print $(NF-2)}' | sort -u")
 
 
 def host_state(lab: Lab) -> dict[str, str]:

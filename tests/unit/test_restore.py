@@ -133,18 +133,21 @@ def _states():
 
 def test_report_says_per_host_state_and_the_next_commands():
     text = rh.report(_states(), recovery=A, run_id=RUN, restore_done=False, proxy={},
-                     known={C: ("etcd pod manifest moved", "kube-apiserver pod manifest moved")}, runbook="RUNBOOK")
+                     known={C: (rh.ETCD_DONE,)}, runbook="RUNBOOK")
     lines = text.splitlines()
-    assert f"`{A}` (recovery host): restore script not run" in lines[1]
-    assert f"`{B}`: etcd-pod.yaml moved, kube-apiserver-pod.yaml moved, data dir moved" in lines[2]
-    assert f"`{C}`: did not answer SSH" in lines[3] and "the bot had done: etcd pod manifest moved" in lines[3]
-    assert f"restore SSH to `{C}`, then press *Resume*" in text
-    assert f"on `{C}`: `sudo mkdir -p /tmp/etcdbot-restore-ab12cd34`" in text  # by hand: C's remaining commands
-    assert "then on `" + A + "`: `sudo -E /usr/local/bin/cluster-restore.sh /home/core/backup`" in text
-    assert (f"*To roll back* (the restore script has not run): on `{B}`: `sudo mv /tmp/etcdbot-restore-ab12cd34/etcd "
-            "/var/lib/etcd`; `sudo mv /tmp/etcdbot-restore-ab12cd34/kube-apiserver-pod.yaml /etc/kubernetes/manifests/`; "
-            "`sudo mv /tmp/etcdbot-restore-ab12cd34/etcd-pod.yaml /etc/kubernetes/manifests/`") in text
-    assert len(text) < 2900  # one Slack section, with the run's other lines
+    assert lines[0] == (f"• `{A}` (recovery host): restore script not run. Next, once every other master is done: "
+                        "`sudo -E /usr/local/bin/cluster-restore.sh /home/core/backup`")
+    aside = "/tmp/etcdbot-restore-ab12cd34"
+    assert lines[1] == (f"• `{B}`: etcd-pod.yaml moved, kube-apiserver-pod.yaml moved, data dir moved. Done. Back: "
+                        f"`sudo mv {aside}/etcd /var/lib/etcd`; `sudo mv {aside}/kube-apiserver-pod.yaml "
+                        f"/etc/kubernetes/manifests/`; `sudo mv {aside}/etcd-pod.yaml /etc/kubernetes/manifests/`")
+    assert lines[2].startswith(f"• `{C}`: did not answer SSH (SSH to C failed: Connection refused), state unknown; "
+                               "the bot had done: etcd pod manifest moved. Next: `sudo mv "
+                               "/etc/kubernetes/manifests/kube-apiserver-pod.yaml /tmp/etcdbot-restore-ab12cd34/`")
+    assert f"Back (when it answers): what is in `{aside}/`, the data dir first" in lines[2]
+    assert f"*To finish:* restore SSH to `{C}`, then press *Resume*" in text
+    assert "*To roll back* (the restore script has not run)" in text
+    assert len(text) < 1500  # one Slack section, beside the run's other lines
 
 
 def test_after_the_restore_script_there_is_no_rolling_back():
