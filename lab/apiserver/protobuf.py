@@ -52,8 +52,22 @@ CSR: Schema = {
                  2: ("username", "string", False), 3: ("uid", "string", False), 4: ("groups", "string", True)}, False),
     3: ("status", {1: ("conditions", CSR_CONDITION, True), 2: ("certificate", "bytes", False)}, False),
 }
+RESOURCE_ATTRIBUTES: Schema = {1: ("namespace", "string", False), 2: ("verb", "string", False),
+                               3: ("group", "string", False), 4: ("version", "string", False),
+                               5: ("resource", "string", False), 6: ("subresource", "string", False),
+                               7: ("name", "string", False)}
+NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string", False), 2: ("verb", "string", False)}
+# `kubectl auth can-i` (authorization.k8s.io/v1 generated.proto)
+SELF_SUBJECT_ACCESS_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META, False),
+    2: ("spec", {1: ("resourceAttributes", RESOURCE_ATTRIBUTES, False),
+                 2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, False)}, False),
+}
+SELF_SUBJECT_RULES_REVIEW: Schema = {1: ("metadata", OBJECT_META, False),
+                                     2: ("spec", {1: ("namespace", "string", False)}, False)}
 SCHEMAS: dict[str, Schema] = {"Secret": SECRET, "ConfigMap": CONFIG_MAP, "Namespace": NAMESPACE,
-                              "CertificateSigningRequest": CSR}
+                              "CertificateSigningRequest": CSR, "SelfSubjectAccessReview": SELF_SUBJECT_ACCESS_REVIEW,
+                              "SelfSubjectRulesReview": SELF_SUBJECT_RULES_REVIEW}
 
 
 class ProtobufError(ValueError):
