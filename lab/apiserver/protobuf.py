@@ -65,7 +65,16 @@ SELF_SUBJECT_ACCESS_REVIEW: Schema = {
 }
 SELF_SUBJECT_RULES_REVIEW: Schema = {1: ("metadata", OBJECT_META, False),
                                      2: ("spec", {1: ("namespace", "string", False)}, False)}
-SCHEMAS: dict[str, Schema] = {"Secret": SECRET, "ConfigMap": CONFIG_MAP, "Namespace": NAMESPACE,
+# rbac.authorization.k8s.io/v1 (`kubectl create role|rolebinding|clusterrole|clusterrolebinding`)
+POLICY_RULE: Schema = {1: ("verbs", "string", True), 2: ("apiGroups", "string", True), 3: ("resources", "string", True),
+                       4: ("resourceNames", "string", True), 5: ("nonResourceURLs", "string", True)}
+SUBJECT: Schema = {1: ("kind", "string", False), 2: ("apiGroup", "string", False), 3: ("name", "string", False),
+                   4: ("namespace", "string", False)}
+ROLE_REF: Schema = {1: ("apiGroup", "string", False), 2: ("kind", "string", False), 3: ("name", "string", False)}
+ROLE: Schema = {1: ("metadata", OBJECT_META, False), 2: ("rules", POLICY_RULE, True)}
+BINDING: Schema = {1: ("metadata", OBJECT_META, False), 2: ("subjects", SUBJECT, True), 3: ("roleRef", ROLE_REF, False)}
+SCHEMAS: dict[str, Schema] = {"Role": ROLE, "ClusterRole": ROLE, "RoleBinding": BINDING, "ClusterRoleBinding": BINDING,
+                              "Secret": SECRET, "ConfigMap": CONFIG_MAP, "Namespace": NAMESPACE,
                               "CertificateSigningRequest": CSR, "SelfSubjectAccessReview": SELF_SUBJECT_ACCESS_REVIEW,
                               "SelfSubjectRulesReview": SELF_SUBJECT_RULES_REVIEW}
 

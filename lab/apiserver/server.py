@@ -15,6 +15,7 @@ import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class LogSource:
 LogHandler = Callable[[str, str, str, bool], Awaitable[LogSource]]
 Json = dict[str, Any]
 
+# Who the request being handled runs as (the middleware sets it; one request is one task).
+_USER: ContextVar[UserInfo] = ContextVar("lab_api_user", default=ADMIN)
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 JSON_PATCH_TYPE = "application/json-patch+json"
@@ -171,7 +174,7 @@ class ApiServer:
             groups = request.headers.getall("Impersonate-Group", [])
             if request.headers.get("Impersonate-User") or groups:
                 user = await self._bounded(impersonate(self.authorizer, ADMIN, request.headers, list(groups)))
-            request["user"] = user
+            _USER.set(user)
             return await handler(request)
         except ApiError as exc:
             return _json(exc.body(), status=exc.code)
@@ -202,7 +205,7 @@ class ApiServer:
     # -- dispatch --------------------------------------------------------------------------
 
     async def _authorize(self, request: web.Request, attrs: Attributes, *, kind: str = "") -> None:
-        user: UserInfo = request.get("user", ADMIN)
+        user = _USER.get()
         if user.superuser:
             return
         allowed, _ = await self._bounded(self.authorizer.authorize(user, attrs))
@@ -500,7 +503,7 @@ class ApiServer:
         body = await self._body(request)
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
-        user: UserInfo = request.get("user", ADMIN)
+        user = _USER.get()
         spec = body.get("spec") or {}
         if target.resource.name == "selfsubjectrulesreviews":
             rules = await self.authorizer.rules(user, str(spec.get("namespace", "")))
