@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 NODE_FAULTS = ("stop-machine", "node-notready", "crashloop-etcd", "kill-etcd", "drop-ssh", "slow-etcd")
 # Faults about a node's machine or kubelet, which workers have too; the others need an etcd member.
 ANY_NODE_FAULTS = ("stop-machine", "node-notready", "drop-ssh")
+DAMAGE_FAULTS = ("crashloop-etcd", "lose-quorum")
 DB_FILE = "var/lib/etcd/member/snap/db"
 DAMAGED_BYTES = 8192  # bbolt's two meta pages (4 KiB pages)
 CLUSTER_FAULTS = ("lose-quorum", "delete-object", "expire-certs", "api-down")
@@ -42,7 +43,26 @@ def _state(daemon: LabDaemon) -> list[tuple[str, str]]:
 
 
 def active(daemon: LabDaemon) -> list[str]:
+    """The faults still in effect. A damaged member cured by the document's own steps (its data
+    directory moved away, or restored over) no longer counts, and its saved pages are dropped."""
+    damaged = {h.node for h in daemon.hosts.values() if _still_damaged(daemon, h)}
+    _state(daemon)[:] = [(kind, target) for kind, target in _state(daemon)
+                         if kind not in DAMAGE_FAULTS or (damaged and (kind == "lose-quorum" or target in damaged))]
     return [f"{kind} {target}".strip() for kind, target in _state(daemon)]
+
+
+def _still_damaged(daemon: LabDaemon, host: Host) -> bool:
+    saved = _saved_pages(daemon, host)
+    if not saved.exists():
+        return False
+    try:
+        with open(host.root / DB_FILE, "rb") as f:
+            if not f.read(DAMAGED_BYTES).strip(b"\0"):
+                return True
+    except OSError:
+        pass
+    saved.unlink(missing_ok=True)
+    return False
 
 
 def _host(daemon: LabDaemon, target: Any, *, masters_only: bool = True) -> Host:
