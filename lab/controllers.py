@@ -30,6 +30,7 @@ UNREACHABLE_TAINTS = [
     {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
 ]
 TRANSIENT = (StoreUnavailable, EtcdUnavailable, TimeoutError, OSError)
+EVENT_TTL_SECONDS = 3 * 3600  # OpenShift runs kube-apiserver with --event-ttl=3h
 
 
 def _stable(obj: Any) -> str:
@@ -319,6 +320,7 @@ class EventRecorder:
     def __init__(self, daemon: LabDaemon) -> None:
         self.d = daemon
         self._names: dict[tuple[str, ...], str] = {}
+        self._next_prune = 0.0
 
     async def sync(self) -> None:
         for host in self.d.all_hosts():
@@ -326,6 +328,21 @@ class EventRecorder:
             while queue:
                 await self._record(queue[0])
                 queue.popleft()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            await self._prune()
+
+    async def _prune(self) -> None:
+        """Events live EVENT_TTL_SECONDS after they were last seen (kube-apiserver's --event-ttl)."""
+        cutoff = seed.iso(time.time() - EVENT_TTL_SECONDS)
+        events, _ = await self.d.objects.list("events")
+        for event in events:
+            if (event.get("lastTimestamp") or "") < cutoff:
+                with contextlib.suppress(NotFound):
+                    await self.d.objects.delete("events", event["metadata"]["name"],
+                                                namespace=event["metadata"]["namespace"])
+        if len(self._names) > 5000:
+            self._names.clear()  # a later repeat starts a new Event, as after the correlator's cache expires
 
     async def _record(self, ev: KubeletEvent) -> None:
         key = (ev.namespace, ev.pod_uid, ev.container, ev.type, ev.reason, ev.message)
