@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 NAMESPACE = "openshift-machine-api"
 PROVISIONING_LAB_SECONDS = 120.0
 BOOT_LAB_SECONDS = 60.0
+MACHINESET_RESYNC_SECONDS = 3.0  # wall seconds between MachineSet status updates (two list calls each)
 
 
 class MachineController:
@@ -32,6 +33,7 @@ class MachineController:
         self._instance_state: dict[str, str] = {}  # node -> state still to write
         self._provisioning: dict[str, float] = {}  # machine -> monotonic deadline
         self._booting: dict[str, tuple[float, MasterSpec]] = {}
+        self._next_machinesets = 0.0
 
     def set_instance_state(self, node: str, state: str) -> None:
         self._instance_state[node] = state
@@ -50,7 +52,9 @@ class MachineController:
             self._instance_state.pop(node, None)
         for machine in items:
             await self._advance(machine)
-        await self._machinesets(items)
+        if time.monotonic() >= self._next_machinesets:
+            self._next_machinesets = time.monotonic() + MACHINESET_RESYNC_SECONDS
+            await self._machinesets(items)
 
     async def _machinesets(self, machines: list[dict[str, Any]]) -> None:
         """MachineSet status: its machines, and how many of them back a Ready node."""
