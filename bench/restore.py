@@ -9,7 +9,9 @@ Each of N runs (default 3), from a lost quorum (`etcdbot-lab fault lose-quorum`)
            kubeapiserver, kubecontrollermanager, kubescheduler, and `3 of 3 members are available`;
   bot:     from alice's `/etcd-restore <id>` until the run's message says succeeded, bob pressing
            Approve as soon as the request shows in the thread.
-The two alternate which goes first. Prints per run and the medians: both totals, the ratio
+The two alternate which goes first. Before each scripted run the previous one's `/tmp/etcd` is
+removed from the other masters (untimed): the document's `mv /var/lib/etcd/ /tmp` fails with
+"Directory not empty" on a second restore, which is why the bot moves into a directory per run. Prints per run and the medians: both totals, the ratio
 (target: the bot within 1.2x), the bot's time without the approval round trip, and the phases of
 each side (the bot's from the audit stream's step events).
 Usage: .venv/bin/python bench/restore.py [--runs N] [--clock-speed 10]
@@ -46,6 +48,8 @@ def by_hand(lab: Lab, meta: dict) -> dict[str, float]:
     """The scripted restore; seconds per phase."""
     phases: dict[str, float] = {}
     recovery = lab.masters[0]
+    for node in lab.masters[1:]:  # the document's `mv /var/lib/etcd/ /tmp` fails on a second run
+        lab.ssh(node, "sudo rm -rf /tmp/etcd /tmp/etcd-pod.yaml /tmp/kube-apiserver-pod.yaml")  # (not timed)
     mark = time.monotonic()
 
     def lap(name: str) -> None:
