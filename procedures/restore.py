@@ -387,7 +387,7 @@ def _target(ctx: StepContext, node: str) -> str:
 
 
 def _wait(ctx: StepContext) -> float:
-    return float(getattr(ctx.settings, "restore_wait", 1800.0))
+    return ctx.settings.restore_wait
 
 
 class HostFailed(Exception):
@@ -529,8 +529,8 @@ async def copy_backup(ctx: StepContext) -> StepResult:
         if listing.rc is None:
             raise StepFailed(f"{node} did not answer: {_fail_text(listing)}", retryable=True,
                              next_action=f"Check SSH to {node}, then start the restore again; nothing was changed.")
-        present = set(listing.stdout.split()) if listing.ok else set()
-        if listing.ok and present - names:
+        user = ctx.cluster.ssh.user if ctx.cluster.ssh is not None else "core"
+        if rh.backup_dir_in_the_way(rc=listing.rc, stdout=listing.stdout + listing.stderr, user=user, names=names):
             await _step_command(host, rh.move_previous_backup_command(ctx.run_id))
             moved = rh.previous_backup_dir(ctx.run_id)
         await _step_command(host, rh.make_backup_dir_command())
@@ -569,7 +569,8 @@ async def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
     run_id = _plan_run_id(ctx)
     plan = [
         PlannedCommand(target, rh.command_text(rh.list_backup_dir_command())),
-        PlannedCommand(target, rh.command_text(rh.move_previous_backup_command(run_id)) + "   (only if it holds other files)"),
+        PlannedCommand(target, rh.command_text(rh.move_previous_backup_command(run_id))
+                       + "   (only if it holds other files, or files not the SSH user's)"),
         PlannedCommand(target, rh.command_text(rh.make_backup_dir_command())),
     ]
     plan += [PlannedCommand(f"sftp {target[4:]}", f"put {f.path} {rh.host_file(f.name)}") for f in files]

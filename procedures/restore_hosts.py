@@ -96,7 +96,27 @@ def restore_script_command(proxy: Mapping[str, str]) -> list[str]:
 
 
 def list_backup_dir_command() -> list[str]:
-    return ["ls", "-A", HOST_BACKUP_DIR]
+    """Owner and name of `/home/core/backup` and of what it holds (exit 1: it is not there, or the
+    SSH user may not read it)."""
+    return ["find", HOST_BACKUP_DIR, "-maxdepth", "1", "-printf", "%u %d %f\\n"]
+
+
+def backup_dir_in_the_way(*, rc: int | None, stdout: str, user: str, names: set[str]) -> bool:
+    """Whether an existing `/home/core/backup` must be moved aside before the copy: it holds other
+    files (cluster-restore.sh would take the newest of each kind), or it, or a file in it, is not
+    the SSH user's (the copy could not write there). Not there at all: nothing to move."""
+    if rc is None:
+        raise ValueError("no answer")
+    if rc != 0:
+        return "No such file" not in stdout
+    for line in stdout.splitlines():
+        owner, _, rest = line.partition(" ")
+        depth, _, name = rest.partition(" ")
+        if not owner:
+            continue
+        if owner != user or (depth != "0" and name not in names):
+            return True
+    return False
 
 
 def move_previous_backup_command(run_id: str) -> list[str]:

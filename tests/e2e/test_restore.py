@@ -104,6 +104,9 @@ def test_help_knows_the_command(lab: Lab, bot: BotProcess) -> None:
 def test_the_full_story(lab: Lab, backup_id: str) -> None:
     lab.kubectl("create", "configmap", "after-backup", "-n", "demo", "--from-literal=a=b")
     lab.kubectl("delete", "configmap", "before-backup", "-n", "demo")
+    recovery = lab.masters[0]
+    # An older backup someone copied by hand (root's, as `sudo cp -r` leaves it): it must not mix in.
+    lab.ssh(recovery, "sudo mkdir -p /home/core/backup && sudo touch /home/core/backup/snapshot_2020-01-01_000000.db")
     lab.cli("fault", "lose-quorum")
     wait_for(lambda: lab.kubectl("get", "configmaps", "-n", "demo", check=False, timeout=15).returncode != 0,
              timeout=60, what="the API failing without quorum")
@@ -112,7 +115,7 @@ def test_the_full_story(lab: Lab, backup_id: str) -> None:
     run = wait_restore(lab, since=since, states=("waiting approval",), timeout=120)
     request = approval_request(lab, run=run, since=since)
     text = blocks_text(request)
-    recovery, *others = lab.masters
+    others = lab.masters[1:]
     for node in lab.masters:
         assert f"`ssh core@{node}`" in text
     assert text.count(f"sudo mv /etc/kubernetes/manifests/etcd-pod.yaml /tmp/etcdbot-restore-{run['run_id']}/") == len(others)
@@ -150,6 +153,9 @@ def test_the_full_story(lab: Lab, backup_id: str) -> None:
     assert [t for t, c in texts if "cluster-restore.sh" in c] == [recovery]
     assert sum(1 for t, c in texts if t == "api" and "forceRedeploymentReason" in c) == 4
     assert any(t == recovery and c.startswith("sftp put snapshot_") for t, c in texts)
+    moved = f"/home/core/backup.before-{done['run_id']}"
+    assert f"moved to {moved}" in blocks_text(done)
+    assert lab.ssh(recovery, f"sudo ls {moved}").stdout.split() == ["snapshot_2020-01-01_000000.db"]
 
 
 def test_a_backup_of_another_release_is_refused_after_an_upgrade(lab: Lab, backup_id: str) -> None:

@@ -77,6 +77,21 @@ def test_only_backup_file_names_reach_the_host():
         rh.host_file("../../etc/passwd")
 
 
+def test_an_earlier_backup_dir_is_moved_aside_only_when_in_the_way():
+    ours = {"snapshot_2026-11-27_081409.db", "static_kuberesources_2026-11-27_081409.tar.gz"}
+
+    def in_the_way(rc, stdout):
+        return rh.backup_dir_in_the_way(rc=rc, stdout=stdout, user="core", names=ours)
+
+    assert not in_the_way(1, "find: '/home/core/backup': No such file or directory")
+    assert not in_the_way(0, "core 0 backup\ncore 1 snapshot_2026-11-27_081409.db\n")  # a repeated copy
+    assert in_the_way(0, "core 0 backup\ncore 1 snapshot_2026-01-01_000000.db\n")  # another backup's file
+    assert in_the_way(0, "root 0 backup\n")  # `sudo cp -r` made it: core cannot write there
+    assert in_the_way(0, "core 0 backup\nroot 1 snapshot_2026-11-27_081409.db\n")
+    assert in_the_way(1, "find: '/home/core/backup': Permission denied")
+    assert rh.command_text(rh.move_previous_backup_command(RUN)) == "sudo mv /home/core/backup /home/core/backup.before-ab12cd34"
+
+
 def test_redeployment_reasons_are_unique_and_name_the_run():
     first = restore.redeployment_reason(RUN, now_ns=1_700_000_000_123_456_789)
     assert first == "recovery-2023-11-14 22:13:20.123456789+00:00 run ab12cd34"
