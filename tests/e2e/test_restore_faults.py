@@ -78,7 +78,8 @@ def test_ssh_lost_after_the_manifests_moved_stops_the_run_and_resume_finishes(la
     text = blocks_text(held)
     assert held["state"] == "interrupted", text
     aside = f"/tmp/etcdbot-restore-{run['run_id']}"
-    line = {node: next((x for x in text.splitlines() if x.startswith(f"• `{node}`")), "") for node in lab.masters}
+    line = {node: next((x[x.index(f"• `{node}`"):] for x in text.splitlines() if f"• `{node}`" in x), "")
+            for node in lab.masters}
     assert line[recovery].startswith(f"• `{recovery}` (recovery host): restore script not run"), text
     assert line[cut].startswith(f"• `{cut}`: did not answer SSH"), text
     assert "the bot had done: etcd pod manifest moved" in line[cut], text
