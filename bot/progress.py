@@ -102,7 +102,7 @@ def _step_line(number: int, record: StepRecord) -> str:
     if record.attempts > 1:
         parts.append(f"attempt {record.attempts}")
     if record.approved_by:
-        parts.append(f"approved by <@{record.approved_by}>")
+        parts.append("approved by " + ", ".join(f"<@{a}>" for a in record.approved_by.split(",") if a))
     line = " · ".join(parts)
     detail = record.error or record.summary or record.note
     if detail:
@@ -144,7 +144,18 @@ def _outcome_blocks(run: Run) -> list[Block]:
     if run.state is RunState.INTERRUPTED:
         current = run.current_step
         where = f" during *{current.title}*" if current else ""
-        lines.append(f"The bot restarted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        if not run.error:
+            lines.append(f"The bot restarted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        else:
+            lines.append(f"The run was interrupted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        if current is not None and current.kind is StepKind.DESTRUCTIVE and current.state is StepState.INTERRUPTED:
+            lines.append(
+                f"*{current.title}* was running and may have partly happened. *Resume* asks a fresh approval "
+                "(another approver, not the requester) before it runs again."
+            )
+            if current.planned:
+                sent = "; ".join(f"`{escape(c.target)}`: `{escape(c.command)}`" for c in current.planned[:10])
+                lines.append(f"It was about to send: {sent}")
         if run.confirm_rerun and current is not None:
             lines.append(
                 f"*{current.title}* may have partly run and is not safe to repeat automatically. "

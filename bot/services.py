@@ -19,17 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from slack_sdk.http_retry.builtin_async_handlers import async_default_handlers
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.approvals import RedisApprovals, SlackApproverCheck
+from bot.approvals import ApprovalPolicy, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
 from bot.backups import BackupStore, Catalogue
 from bot.clusters import Clusters
 from bot.config import Settings
 from bot.log import get_logger
+from bot.metrics import SlackApiObserver
 from bot.procedure import Procedure, StepContext, StepId, StepResult
 from bot.progress import ThrottledSender
-from bot.runner import Heartbeat, Runner
+from bot.runner import Fence, Heartbeat, Runner
 from bot.scheduler import BackupScheduler
 from bot.store import Run
 from bot.tasks import cancel_and_wait
@@ -60,7 +62,7 @@ class Services:
             return backup_procedure.build(store=self.store, catalogue=self.catalogue)
         raise KeyError(f"no procedure named {name!r}")
 
-    def context(self, *, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
+    def context(self, *, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat, fence: Fence) -> StepContext:
         cluster = self.settings.cluster(run.cluster)
         if cluster is None:
             raise KeyError(f"cluster {run.cluster!r} is no longer configured")
@@ -68,7 +70,7 @@ class Services:
             run_id=run.id, cluster=cluster, settings=self.settings, parameters=run.parameters,
             kube=self.clusters.kube(run.cluster),  # type: ignore[arg-type]
             hosts=self.clusters.hosts(run.cluster),  # type: ignore[arg-type]
-            results=results, heartbeat=heartbeat, requester=run.requester,
+            results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
         )
 
     async def open(self) -> None:
@@ -109,12 +111,20 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     redis = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
     )
+    # The runner's Slack traffic goes through the same observer as Bolt's (error and 429 metrics).
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
-                            timeout=30)
+                            timeout=30, retry_handlers=[SlackApiObserver(), *async_default_handlers()])
     sender = ThrottledSender(client=client)
+    approval_policy = ApprovalPolicy(key=settings.approval_key(), expiry=settings.approval_expiry,
+                                     required=dict(settings.approvals_required))
+
+    def approvers_of(cluster: str) -> ApproverSpec:
+        spec = settings.approvers_of(cluster)
+        return ApproverSpec(usergroup=spec.usergroup, users=spec.users)
+
     approvals = RedisApprovals(
-        redis=redis, sender=sender, group=settings.approver_usergroup, audit=Audit(redis=redis),
-        is_approver=SlackApproverCheck(client=client, usergroup=settings.approver_usergroup),
+        redis=redis, sender=sender, audit=Audit(redis=redis), policy=approval_policy,
+        approvers=SlackApprovers(client=client, spec_of=approvers_of),
     )
     store = BackupStore(root=settings.backup_dir, keys_root=settings.backup_keys_dir,
                         copy_rate=settings.backup_copy_rate)
@@ -124,10 +134,11 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     def procedures(name: str, parameters: Mapping[str, Any]) -> Procedure:
         return holder["services"].procedure(name, parameters)
 
-    def context(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
-        return holder["services"].context(run=run, results=results, heartbeat=heartbeat)
+    def context(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat, fence: Fence) -> StepContext:
+        return holder["services"].context(run=run, results=results, heartbeat=heartbeat, fence=fence)
 
-    runner = Runner(redis=redis, sender=sender, approvals=approvals, context_factory=context, procedures=procedures)
+    runner = Runner(redis=redis, sender=sender, approvals=approvals, approval_policy=approval_policy,
+                    context_factory=context, procedures=procedures)
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
     services.scheduler = BackupScheduler(
