@@ -952,8 +952,9 @@ class Runner:
         current = run.current_step
         if current is not None and current.state is StepState.RUNNING:
             step = _find_step(procedure, current.step_id)
-            note = "the bot stopped while this step was running: it may have partly happened"
-            adopted = adopted.with_step(replace(current, state=StepState.INTERRUPTED, note=note), now=now)
+            # `note` keeps the step's last heartbeat: what was seen last, for Resume to show.
+            error = "the bot stopped while this step was running: it may have partly happened"
+            adopted = adopted.with_step(replace(current, state=StepState.INTERRUPTED, error=error), now=now)
             if step.kind is not StepKind.DESTRUCTIVE and not step.safe_to_repeat:
                 adopted = replace(adopted, confirm_rerun=step.id)
         elif current is not None and current.state is StepState.WAITING_APPROVAL:

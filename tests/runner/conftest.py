@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy, Approvals, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
-from bot.procedure import PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
+from bot.procedure import PlanFn, PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
 from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
 from bot.runner import Fence, Heartbeat, Runner, RunnerPolicy
@@ -36,6 +36,7 @@ SIGNING_SECRET = "runner-test-signing-secret-0123456789"
 CHANNEL = "C0INCIDENT"
 ALICE, BOB, CAROL, DAVE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001"  # bob, carol approve
 APPROVAL_KEY = b"runner-test-approval-key-0123456789abcdef"
+LAB_APPROVERS = ApproverSpec(usergroup="etcd-approvers")
 
 
 def free_port() -> int:
@@ -146,6 +147,7 @@ def step(
     kind: StepKind = StepKind.READ,
     calls: Calls,
     body: StepBody | None = None,
+    plan: PlanFn | None = None,
     **limits: Any,
 ) -> ProcedureStep:
     async def run(ctx: StepContext) -> StepResult:
@@ -154,11 +156,12 @@ def step(
             return await body(ctx)
         return StepResult(summary=f"{step_id} done")
 
-    def plan(ctx: StepContext) -> list[PlannedCommand]:
+    def default_plan(ctx: StepContext) -> list[PlannedCommand]:
         return [PlannedCommand(target="api", command=f"oc get {step_id} --cluster {ctx.parameters.get('cluster', '')}")]
 
     limits.setdefault("safe_to_repeat", True)
-    return ProcedureStep(id=StepId(step_id), title=f"Title of {step_id}", kind=kind, run=run, plan=plan, **limits)
+    return ProcedureStep(id=StepId(step_id), title=f"Title of {step_id}", kind=kind, run=run,
+                         plan=plan or default_plan, **limits)
 
 
 def procedure(name: str, *steps: ProcedureStep) -> Procedure:
@@ -216,7 +219,7 @@ class BotFactory:
         policy: RunnerPolicy | None = None,
         expiry: float = 60.0,
         required: Mapping[str, int] | None = None,
-        approvers: ApproverSpec = ApproverSpec(usergroup="etcd-approvers"),
+        approvers: ApproverSpec = LAB_APPROVERS,
         approvals: Approvals | None = None,
         key: bytes = APPROVAL_KEY,
     ) -> Bot:
