@@ -33,7 +33,7 @@ from bot.procedure import Procedure, StepContext, StepId, StepResult
 from bot.progress import ThrottledSender
 from bot.runner import Fence, Heartbeat, Runner
 from bot.scheduler import BackupScheduler
-from bot.store import Run
+from bot.store import Run, connect_redis
 from bot.tasks import cancel_and_wait
 from procedures import backup as backup_procedure
 
@@ -108,9 +108,7 @@ class Services:
 
 def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     """Everything a run needs; nothing is connected until `open()`."""
-    redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-    )
+    redis = connect_redis(settings.redis_url, timeout=REDIS_TIMEOUT)
     # The runner's Slack traffic goes through the same observer as Bolt's (error and 429 metrics).
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
                             timeout=30, retry_handlers=[SlackApiObserver(), *async_default_handlers()])

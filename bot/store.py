@@ -38,6 +38,9 @@ from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from bot.log import get_logger
@@ -298,6 +301,17 @@ class AbortRequest:
 
 def _dump(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def connect_redis(url: str, *, timeout: float = 15.0) -> aioredis.Redis:
+    """The bot's Redis client. `from_url` alone gives connections that never retry, so after a
+    Redis restart every pooled connection would fail its next command once; these retry a
+    dropped connection (a few times, quickly) on a fresh one. Commands that could be applied
+    twice by such a retry are harmless twice here (INCR of a fencing counter, RPUSH of a wake-up)."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), retry_on_error=[RedisConnectionError],
+    )
 
 
 class NotOwner(Exception):

@@ -26,7 +26,7 @@ from bot.procedure import PlanFn, PlannedCommand, Procedure, StepContext, StepId
 from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
 from bot.runner import Fence, Heartbeat, Runner, RunnerPolicy
-from bot.store import Run, RunState
+from bot.store import Run, RunState, connect_redis
 from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace
 
@@ -224,7 +224,7 @@ class BotFactory:
         key: bytes = APPROVAL_KEY,
     ) -> Bot:
         client = AsyncWebClient(token=BOT_TOKEN, base_url=self.workspace.base_url)
-        rds = aioredis.Redis.from_url(self.redis_url)
+        rds = connect_redis(self.redis_url)
         sender = ThrottledSender(client=client, min_interval=0.0)
         approval_policy = ApprovalPolicy(key=key, expiry=expiry, required=dict(required or {}))
         if approvals is None:
