@@ -640,7 +640,10 @@ class Runner:
             self._show(noted)
             if time.monotonic() - holder.persisted >= self.policy.heartbeat_every:
                 holder.persisted = time.monotonic()
-                holder.run = await self._commit(current, noted)
+                try:
+                    holder.run = await self._commit(current, noted)
+                except (OSError, aioredis.RedisError) as exc:  # a note is not worth failing the step for
+                    log.warning("runner.heartbeat_not_recorded", run_id=run.id, error=str(exc))
 
         ctx = self._context(run, results, heartbeat)
         try:
@@ -959,6 +962,8 @@ class Runner:
                 adopted = replace(adopted, confirm_rerun=step.id)
         elif current is not None and current.state is StepState.WAITING_APPROVAL:
             adopted = adopted.with_step(replace(current, state=StepState.PENDING, note="approval to be asked again"), now=now)
+            if current.approval:  # nobody waits for it any more: a late press must not look as if it did something
+                await self.approvals.withdraw(run=run, request_id=current.approval, by="")
         adopted = adopted.with_state(RunState.INTERRUPTED, now=now)
         try:
             await self.store.save(adopted, previous=run, expect_owner=run.owner)

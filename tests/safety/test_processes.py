@@ -273,3 +273,54 @@ async def _owned(rds: aioredis.Redis, run: str, owner: str) -> Run | None:
     found = await stored(rds, run)
     return found if found is not None and found.owner == owner and found.state is RunState.INTERRUPTED else None
 
+
+
+async def test_two_approvers_at_once_make_one_decision_and_a_forged_one_counts_for_nothing(harness, slack, rds) -> None:  # type: ignore[no-untyped-def]
+    await harness.bot("one").ready()
+    harness.go()
+    run = run_id(await start_run(slack))
+    request = await open_request(slack, run, count=1)
+    value = json.loads(next(e["value"] for b in request.blocks if b["type"] == "actions" for e in b["elements"]
+                            if e["action_id"] == "approval_approve"))
+    key = f"etcdbot:approval:{value['req']}"
+    forged = {"request_id": value["req"], "run_id": run, "digest": value["digest"], "outcome": "approved",
+              "by": "U0CAROL01", "at": time.time()}
+    await rds.hset(key, "d:approve:U0CAROL01", json.dumps(forged))  # written straight into Redis, no HMAC
+    await rds.rpush(f"{key}:notify", "d:approve:U0CAROL01")
+    await until(lambda: _quarantined(rds, "decision"), timeout=30, what="the forged decision refused")
+    assert lines(harness, "begin", run) == [] and not await rds.hexists(key, "d:approve:U0CAROL01")
+    async def audited() -> list[bytes]:
+        return [f[b"reason"] for _, f in await rds.xrange("etcdbot:audit:lab") if f[b"event"] == b"record.quarantined"]
+
+    [reason] = await until(audited, timeout=30, what="the refusal in the audit stream")
+    assert b"not a signed record" in reason
+
+    answers = await asyncio.gather(approve(slack, request, "bob"), approve(slack, request, "carol"))
+    texts = sorted(a[0] for a in answers)
+    assert len([t for t in texts if t.startswith("Approved")]) == 1, texts
+    assert len([t for t in texts if t.startswith("Already approved")]) == 1, texts
+    assert len([f for f in await rds.hkeys(key) if f.startswith(b"d:")]) == 1
+    await until(lambda: _state(rds, run, RunState.SUCCEEDED), timeout=30, what="the run to succeed")
+    assert len(lines(harness, "harm", run)) == 1
+
+
+async def test_with_two_approvals_required_one_is_not_enough(harness, slack, rds) -> None:  # type: ignore[no-untyped-def]
+    await harness.bot("one", required={"test-destroy": 2}).ready()
+    harness.go()
+    run = run_id(await start_run(slack))
+    request = await open_request(slack, run, count=1)
+    assert "2 approvals" in blocks_text(request.blocks)
+    assert (await approve(slack, request, "bob"))[0].startswith("Approved (1 of 2)")
+    assert "already approved" in (await approve(slack, request, "bob"))[0]
+    assert "cannot approve" in (await approve(slack, request, "alice"))[0]
+    await until(lambda: "(1 of 2)" in blocks_text(slack.workspace.recorder.messages[request.key].blocks),
+                timeout=30, what="1 of 2 shown")
+    assert lines(harness, "begin", run) == [] and (await stored(rds, run)).state is RunState.WAITING_APPROVAL
+    await approve(slack, request, "carol")
+    done = await until(lambda: _state(rds, run, RunState.SUCCEEDED), timeout=30, what="the run to succeed")
+    assert sorted(done.step("destroy").approved_by.split(",")) == ["U0BOB0001", "U0CAROL01"]
+    assert len(lines(harness, "harm", run)) == 1
+
+
+async def _quarantined(rds: aioredis.Redis, kind: str) -> bool:
+    return any(json.loads(raw)["kind"] == kind for raw in await rds.zrange("etcdbot:quarantine", 0, -1))
