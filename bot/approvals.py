@@ -429,10 +429,12 @@ class ApprovalRecords:
 
     async def _refuse(self, *, kind: str, request_id: str, key: str, value: Any, cluster: str, reason: str,
                       field_name: str = "") -> None:
-        if field_name:
-            await self._redis.hdel(key, field_name)
+        if field_name and not await self._redis.hdel(key, field_name):
+            return  # another reader refused it first
         note = await quarantine(self._redis, kind=kind, record_id=request_id, key=f"{key}#{field_name}" if field_name else key,
                                 reason=reason, cluster=cluster, value=value if field_name else None, prefix=self._prefix)
+        if note is None:
+            return
         await self._audit.record(
             cluster=cluster or UNKNOWN_CLUSTER, event="record.quarantined", actor="", kind=kind, record=request_id,
             key=note.key, moved_to=note.moved_to, reason=reason,

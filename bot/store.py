@@ -368,10 +368,10 @@ async def quarantine(
     cluster: str = "",
     value: str | bytes | None = None,
     prefix: str = KEY_PREFIX,
-) -> Quarantined:
+) -> Quarantined | None:
     """Moves `key` aside (RENAME, so nothing is lost for a person to inspect), or, with `value`,
-    stores that value aside (a hash field the caller removes). Notes it in the quarantine index
-    and the log. Never raises for a record that vanished meanwhile."""
+    stores that value aside (a hash field the caller removed). Notes it in the quarantine index
+    and the log. None when the record vanished meanwhile (another replica moved it first)."""
     now = time.time()
     moved_to = f"{prefix}:quarantine:{kind}:{record_id}:{int(now * 1000)}-{secrets.token_hex(2)}"
     if value is not None:
@@ -381,7 +381,9 @@ async def quarantine(
             await redis.rename(key, moved_to)
             await redis.expire(moved_to, RUN_TTL_SECONDS)
         except aioredis.ResponseError:  # "no such key": someone else moved or deleted it
-            moved_to = ""
+            if kind == "run":
+                await redis.srem(f"{prefix}:runs:live", record_id)
+            return None
     note = Quarantined(kind=kind, record_id=record_id, key=key, moved_to=moved_to, reason=reason[:500],
                        cluster=cluster, at=now)
     async with redis.pipeline(transaction=True) as pipe:
@@ -498,7 +500,7 @@ class RunStore:
             reason = f"unreadable run record ({type(exc).__name__}: {exc})"
             note = await quarantine(self._redis, kind="run", record_id=run_id, key=key, reason=reason,
                                     cluster=await self._cluster_of(run_id, fields), prefix=self._prefix)
-            if self._on_quarantine is not None:
+            if note is not None and self._on_quarantine is not None:
                 await self._on_quarantine(note)
             return None
 
