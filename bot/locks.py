@@ -37,7 +37,7 @@ from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 45.0  # renewed every 15 s; a dead bot's runs are taken over within about a minute
 
 # KEYS[1] the lock; ARGV[1] the value this run holds it with. 1 if still held so, else 0.
 _FENCE_SCRIPT = """

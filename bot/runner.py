@@ -102,7 +102,7 @@ ProcedureFactory = Callable[[str, Mapping[str, Any]], Procedure]
 @dataclass(frozen=True)
 class RunnerPolicy:
     lock_timeout: float = DEFAULT_TIMEOUT  # a dead bot's lock frees itself after this
-    instance_ttl: float = 30.0  # a dead bot's runs count as interrupted after this (and their lock expired)
+    instance_ttl: float = 15.0  # a dead bot's runs count as interrupted after this (and their lock expired)
     first_backoff: float = 2.0  # before the first retry of a step; doubles each time
     max_backoff: float = 60.0
     flush_timeout: float = 120.0  # how long the end of a run waits for its final message

@@ -52,7 +52,7 @@ class Services:
     runner: Runner
     store: BackupStore
     catalogue: Catalogue
-    recover_every: float = 10.0
+    recover_every: float = 5.0
     scheduler: BackupScheduler | None = None
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
