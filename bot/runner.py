@@ -580,6 +580,9 @@ class Runner:
         request = await self.approvals.ask(run=run, plan=plan, note=note)
         asked = replace(run.step(step.id), approval=request.id)
         run = await self._commit(run, run.with_step(asked, now=time.time()))
+        abort = await self.store.abort_requested(run.id)  # asked before the request was on record
+        if abort is not None:
+            await self.approvals.withdraw(run=run, request_id=request.id, by=abort.by)
         try:
             answer = await self._guarded(run, self.approvals.wait(run=run, request=request))
         except LockLost:
@@ -848,6 +851,9 @@ class Runner:
             return Answer(ok=False, message=f"Run `{run.id}` already ended: {run.state.value}.", run=run)
         if await self.store.request_abort(run_id=run.id, by=by, now=time.time()):
             await self.audit.record(cluster=run.cluster, event="run.abort_requested", actor=by, run_id=run.id)
+        # Read again after the request: a gate that recorded its approval request before this
+        # point is seen here; one that records it after sees the abort request (see `_gate`).
+        run = await self.store.load(run_id) or run
         current = run.current_step
         if run.state is RunState.WAITING_APPROVAL and current is not None and current.approval:
             await self.approvals.withdraw(run=run, request_id=current.approval, by=by)

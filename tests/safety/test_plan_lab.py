@@ -10,6 +10,7 @@ import asyncio
 import json
 
 from tests.labfixture import Lab
+from tests.runner.conftest import until
 from tests.safety.conftest import Harness, Slack
 from tests.safety.test_processes import approve, lines, open_request, run_id, start_run
 
@@ -34,7 +35,13 @@ async def test_the_member_id_changes_between_gate_and_start(lab: Lab, harness: H
     first = await open_request(slack, run, count=1)
     assert f"etcdctl member remove {old_id}" in str(first.blocks)
 
-    assert "removed from cluster" in await etcdctl(lab, reader, "member", "remove", old_id)
+    async def removed() -> bool:  # etcd refuses while it does not see every member as active yet
+        result = await asyncio.to_thread(
+            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
+            "member", "remove", old_id, check=False)
+        return "removed from cluster" in result.stdout
+
+    await until(removed, timeout=60, what=f"member {old_id} removed")
     added = await etcdctl(lab, reader, "member", "add", target, f"--peer-urls={peer}")
     new_id = added.split("Member ", 1)[1].split()[0]
     assert new_id != old_id
@@ -51,6 +58,4 @@ async def test_the_member_id_changes_between_gate_and_start(lab: Lab, harness: H
 
 
 async def _until_harm(harness: Harness, run: str) -> list[list[str]]:
-    from tests.runner.conftest import until
-
     return await until(lambda: lines(harness, "harm", run), timeout=60, what="the step to act")
