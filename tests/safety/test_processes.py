@@ -176,6 +176,7 @@ async def test_sigkill_during_the_destructive_step_then_resume(harness, slack, r
     assert lines(harness, "begin", run) == []  # no approval: nothing ran
     await approve(slack, first_request, "bob")
     await until(lambda: lines(harness, "begin", run), timeout=30, what="the destructive step to begin")
+    await until(lambda: _noted(rds, run, "about to remove the member"), timeout=30, what="its progress on record")
     await one.kill()
 
     await harness.bot("two", lock_ttl=lock_ttl, presence_ttl=PRESENCE_TTL).ready()
@@ -320,6 +321,11 @@ async def test_with_two_approvals_required_one_is_not_enough(harness, slack, rds
     done = await until(lambda: _state(rds, run, RunState.SUCCEEDED), timeout=30, what="the run to succeed")
     assert sorted(done.step("destroy").approved_by.split(",")) == ["U0BOB0001", "U0CAROL01"]
     assert len(lines(harness, "harm", run)) == 1
+
+
+async def _noted(rds: aioredis.Redis, run: str, note: str) -> bool:
+    found = await stored(rds, run)
+    return found is not None and found.step("destroy").note == note
 
 
 async def _quarantined(rds: aioredis.Redis, kind: str) -> bool:
