@@ -13,9 +13,9 @@ in its Lua scripts. What this module adds:
   write verbs call it before they act (Kleppmann's fencing, with Redis as the guard);
 - `thread_local=False`: asyncio tasks share a thread, and each run has its own `ClusterLock`;
 - a background task calls `reacquire()` every third of the timeout while the run lives. When
-  renewal fails (the key is gone or holds another value, or Redis has not answered for so long
-  that the next renewal would come after the TTL) `lost` is set at once, and the runner cancels
-  the step in flight: nothing waits for the next step boundary.
+  renewal fails (the key is gone or holds another value, or Redis has not confirmed the lock by
+  a tenth of the TTL before it would run out) `lost` is set at once, and the runner cancels the
+  step in flight: nothing waits for the next step boundary.
 
 There is no "take back the lock of my run after a restart": the token of a previous holder is
 never reused. A run is adopted only once its lock has expired (bot/runner.py), so a holder that
@@ -189,27 +189,35 @@ class ClusterLock:
         self.lost.set()
 
     async def _renew(self) -> None:
+        """Renews every third of the TTL. The lock is known to be ours until `deadline` (the start
+        of the last successful renewal plus the TTL); a slow or failed answer is retried until
+        shortly before that deadline, and the lock is declared lost before it passes, never after,
+        so the step is cancelled before another replica could take the cluster."""
         interval = self.timeout / 3
+        margin = self.timeout / 10  # room to cancel the step before the TTL really runs out
         loop = asyncio.get_running_loop()
-        last_success = loop.time()
+        deadline = loop.time() + self.timeout  # acquired (or renewed) just before this task started
+        delay = interval
         while not self._stopping:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
-            if loop.time() - last_success >= self.timeout:
-                # Paused (SIGSTOP, a stalled loop) past the TTL: the lock may be anyone's by now.
+            started = loop.time()
+            budget = deadline - margin - started
+            if budget <= 0:
+                # Paused (SIGSTOP, a stalled loop) or Redis silent until the end: may be anyone's now.
                 self._declare_lost("not renewed within its TTL")
                 return
             try:
-                async with asyncio.timeout(max(interval / 2, 0.05)):
+                async with asyncio.timeout(budget):
                     await self._lock.reacquire()
-                last_success = loop.time()
             except LockNotOwnedError:
                 self._declare_lost("the lock expired or another run holds it")
                 return
             except (RedisError, OSError, TimeoutError) as exc:
-                # Redis may come back before the TTL runs out, but the next try would be too late.
-                log.warning("lock.renewal_failed", cluster=self.cluster, run_id=self.run_id, error=str(exc))
-                if loop.time() - last_success + interval >= self.timeout:
-                    self._declare_lost("Redis did not answer in time", error=str(exc))
-                    return
+                # Redis may come back before the deadline: try again soon, until it is too late.
+                log.warning("lock.renewal_failed", cluster=self.cluster, run_id=self.run_id, error=str(exc) or "timeout")
+                delay = min(interval / 3, max(0.0, deadline - margin - loop.time()))
+                continue
+            deadline = started + self.timeout
+            delay = interval

@@ -500,7 +500,17 @@ class Runner:
 
     def _show(self, run: Run) -> None:
         if run.message_ts:
-            self.sender.update(channel=run.channel, ts=run.message_ts, text=run_text(run), blocks=render_run(run))
+            self.sender.update(channel=run.channel, ts=run.message_ts, text=run_text(run), blocks=render_run(run),
+                               guard=self._still_ours(run.id))
+
+    def _still_ours(self, run_id: RunId) -> Callable[[], Awaitable[bool]]:
+        """For the sender: an edit of a run's message goes out only while this instance owns the
+        run (one HGET), so a bot continued after a pause cannot paint over its successor's message."""
+
+        async def guard() -> bool:
+            return await self.store.owner(run_id) in (None, self.instance_id)
+
+        return guard
 
     def _fence_of(self, run_id: RunId) -> Fence:
         """The check a step context carries: raises LockLost unless this run still holds its

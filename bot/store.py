@@ -521,6 +521,11 @@ class RunStore:
                 return index.removeprefix(f"{self._prefix}:runs:")
         return ""
 
+    async def owner(self, run_id: str) -> str | None:
+        """The bot instance that drives the run now (None: no record)."""
+        value = await self._redis.hget(self._run_key(run_id), "owner")
+        return None if value is None else _text(value)
+
     async def forget_live(self, run_id: str) -> None:
         """Drops a run id from the live set whose record is gone (Redis lost it)."""
         await self._redis.srem(self._live_key, run_id)

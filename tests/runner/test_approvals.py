@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from bot.approvals import (
@@ -221,6 +222,11 @@ async def test_a_decision_written_into_redis_without_the_hmac_is_refused(make_bo
     assert done is not None and done.state is RunState.SUCCEEDED and calls["wipe"] == 1
 
 
+async def _noted(bot, run_id: str, note: str) -> bool:  # type: ignore[no-untyped-def]
+    found = await bot.runner.store.load(run_id)
+    return found is not None and note in found.step("wipe").note
+
+
 async def _at_least(notes: Any, count: int) -> Any:
     found = await notes
     return found if len(found) >= count else None
@@ -313,27 +319,29 @@ async def test_an_approval_that_expires_before_its_step_starts_is_asked_again(ma
     """Two destructive steps under one approval; the first outlasts the approval's validity, so
     the second, at its start, needs a new approval."""
     calls = Calls()
-    expiry = 1.0
-    slow_done = asyncio.Event()
+    proceed = asyncio.Event()
 
     async def slow(ctx: StepContext) -> StepResult:
-        await asyncio.sleep(expiry + 0.3)  # the step's own work outlasts the approval
-        slow_done.set()
+        await proceed.wait()  # the step's own work outlasts the approval
         return StepResult(summary="control plane stopped")
 
     proc = make_bot.add(procedure(
         "restore",
-        step("stop", kind=StepKind.DESTRUCTIVE, calls=calls, body=slow, approval_group="restore", timeout=10),
+        step("stop", kind=StepKind.DESTRUCTIVE, calls=calls, body=slow, approval_group="restore", timeout=60),
         step("replace", kind=StepKind.DESTRUCTIVE, calls=calls, approval_group="restore"),
     ))
-    bot = await make_bot(instance_id="one", expiry=expiry)
+    bot = await make_bot(instance_id="one", expiry=5.0)
     run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
     first = await next_request(workspace, run)
     text = blocks_text(first.blocks)
     assert "Title of stop" in text and "Title of replace" in text  # one approval lists the whole group
     assert (await press(bot, first, by=BOB)).accepted
+    await until(lambda: calls["stop"] == 1, what="the first step to start under the approval")
+    state = await bot.runner.records.state(press_value(first)["req"])
+    await until(lambda: time.time() > state.request.expires_at, timeout=10, what="the approval to expire")
+    proceed.set()
     second = await next_request(workspace, run, count=2)
-    assert slow_done.is_set() and calls["stop"] == 1 and calls["replace"] == 0
+    assert calls["replace"] == 0
     assert "expired" in blocks_text(second.blocks) and "Title of replace" in blocks_text(second.blocks)
     assert "Title of stop" not in blocks_text(second.blocks)  # done already: only what is left is asked
     assert (await press(bot, second, by=CAROL)).accepted
@@ -354,15 +362,16 @@ async def test_crash_during_a_destructive_step_resume_asks_a_fresh_approval(make
         return StepResult(summary="wiped")
 
     proc = make_bot.add(destructive_procedure(calls, body=wipe))
-    policy = RunnerPolicy(lock_timeout=1.5, instance_ttl=0.5, heartbeat_every=0.0)
+    policy = RunnerPolicy(lock_timeout=3.0, instance_ttl=0.5, heartbeat_every=0.0)
     first = await make_bot(instance_id="first", policy=policy)
     run = await first.runner.start(proc, cluster="prod", parameters={"backup": "b-1"}, requester=ALICE, channel=CHANNEL)
     assert (await press(first, await next_request(workspace, run), by=BOB)).accepted
     await until(lambda: calls["wipe"] == 1, what="the destructive step to start")
+    await until(lambda: _noted(first, run.id, "waiting for the quorum"), what="its progress on record")
     await crash(first, run.id)
 
     second = await make_bot(instance_id="second", policy=policy)
-    [found] = await until(second.runner.recover_interrupted, timeout=5, what="the run to be recovered")
+    [found] = await until(second.runner.recover_interrupted, timeout=15, what="the run to be recovered")
     assert found.step("wipe").state.value == "interrupted" and found.confirm_rerun is None
     await second.sender.flush(channel=CHANNEL, ts=run.message_ts)
     shown = blocks_text(workspace.recorder.messages[(CHANNEL, run.message_ts)].blocks)

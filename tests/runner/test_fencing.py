@@ -59,7 +59,7 @@ async def test_a_lost_lock_cancels_the_running_step_at_once(make_bot, workspace,
         return StepResult(summary="s1 done")
 
     proc = make_bot.add(procedure("restore", step("s1", calls=calls, body=hang_once), step("s2", calls=calls)))
-    lock_timeout = 1.5
+    lock_timeout = 3.0
     bot = await make_bot(instance_id="one", policy=RunnerPolicy(lock_timeout=lock_timeout, instance_ttl=0.5))
     run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
     assert isinstance(run, Run)
@@ -111,7 +111,7 @@ async def test_no_adoption_while_the_lock_lives_and_a_paused_bot_acts_no_more(ma
     assert await second.runner.recover_interrupted() == []
     assert await lock_holder(rds, cluster="prod") == run.id and time.monotonic() - paused_at < policy.lock_timeout
     # Longer than the lock TTL: the second adopts it, with a new token.
-    [adopted] = await until(second.runner.recover_interrupted, timeout=5, what="adoption after the lock expired")
+    [adopted] = await until(second.runner.recover_interrupted, timeout=15, what="adoption after the lock expired")
     assert time.monotonic() - paused_at >= policy.lock_timeout - 0.7  # not before the lock could expire
     assert adopted.owner == "second" and adopted.state is RunState.INTERRUPTED
     assert (await lock_value(rds, cluster="prod")).token > first_token
@@ -221,7 +221,7 @@ async def test_redis_restarted_without_its_data_mid_step(own_redis, own_bots, wo
         return StepResult(summary="s1 done")
 
     proc = own_bots.add(procedure("restore", step("s1", calls=calls, body=hang_once), step("s2", calls=calls)))
-    lock_timeout = 1.5
+    lock_timeout = 3.0
     bot = await own_bots(instance_id="one", policy=RunnerPolicy(lock_timeout=lock_timeout, instance_ttl=0.5))
     run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
     await started.wait()
@@ -247,7 +247,7 @@ async def test_redis_restarted_without_its_data_mid_step(own_redis, own_bots, wo
         await bot.close()
         own_bots.bots.remove(bot)
         again = await own_bots(instance_id="two", policy=RunnerPolicy(lock_timeout=lock_timeout, instance_ttl=0.5))
-        [recovered] = await until(again.runner.recover_interrupted, timeout=5, what="recovery after the restart")
+        [recovered] = await until(again.runner.recover_interrupted, timeout=15, what="recovery after the restart")
         assert recovered.id == run.id and recovered.state is RunState.INTERRUPTED
         assert await check.exists(lock_key("prod"))
     finally:

@@ -35,7 +35,7 @@ async def interrupted_run(make_bot, calls: Calls, *, cluster: str) -> Run:  # ty
         return StepResult(summary="unreachable")
 
     proc = make_bot.add(procedure("restore", step("s1", calls=calls), step("s2", calls=calls, body=hang)))
-    dead = await make_bot(instance_id=f"dead-{cluster}", policy=RunnerPolicy(lock_timeout=0.6, instance_ttl=0.3))
+    dead = await make_bot(instance_id=f"dead-{cluster}", policy=RunnerPolicy(lock_timeout=1.5, instance_ttl=0.3))
     run = await dead.runner.start(proc, cluster=cluster, parameters={}, requester=ALICE, channel=CHANNEL)
     assert isinstance(run, Run)
     await until(lambda: calls["s2"] >= 1, what="s2 to start")
@@ -53,8 +53,8 @@ async def test_truncated_and_partial_run_records_are_moved_aside_and_recovery_go
     await rds.hdel(f"etcdbot:run:{partial.id}", "step:s2")  # Redis lost one field
     await rds.sadd("etcdbot:runs:live", "gone0000")  # and a live id whose record is gone entirely
 
-    bot = await make_bot(instance_id="fresh", policy=RunnerPolicy(lock_timeout=0.6, instance_ttl=0.3))
-    recovered = await until(bot.runner.recover_interrupted, timeout=5, what="recovery")
+    bot = await make_bot(instance_id="fresh", policy=RunnerPolicy(lock_timeout=1.5, instance_ttl=0.3))
+    recovered = await until(bot.runner.recover_interrupted, timeout=15, what="recovery")
     assert [r.id for r in recovered] == [good.id]  # the good run is recovered regardless
     assert await rds.smembers("etcdbot:runs:live") == {good.id.encode()}
     assert not await rds.exists(f"etcdbot:run:{truncated.id}") and not await rds.exists(f"etcdbot:run:{partial.id}")
