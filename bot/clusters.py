@@ -18,6 +18,9 @@ from procedures.diagnosis import Diagnosis, diagnose
 from procedures.facts import ClusterFacts
 from procedures.status import DEFAULT_TIMEOUTS, Timeouts, gather_facts
 
+# Each API request's limit, for procedures too (a status bounds its own wait: `Timeouts.api`).
+KUBE_TIMEOUT = 7.0
+
 
 def hosts_for(cluster: ClusterSettings) -> Hosts | None:
     if cluster.ssh is None:
@@ -50,7 +53,7 @@ class Clusters:
         cluster = self._require(name)
         if name not in self._kube:
             try:
-                self._kube[name] = KubeClient(kubeconfig=cluster.kubeconfig, timeout=self._timeouts.api - 1)
+                self._kube[name] = KubeClient(kubeconfig=cluster.kubeconfig, timeout=KUBE_TIMEOUT)
             except Exception:  # an unreadable kubeconfig: report the API as unavailable, try SSH
                 return None
         return self._kube[name]

@@ -303,14 +303,14 @@ def _dump(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def connect_redis(url: str, *, timeout: float = 15.0) -> aioredis.Redis:
+def connect_redis(url: str, *, timeout: float = 15.0, **options: Any) -> aioredis.Redis:
     """The bot's Redis client. `from_url` alone gives connections that never retry, so after a
     Redis restart every pooled connection would fail its next command once; these retry a
     dropped connection (a few times, quickly) on a fresh one. Commands that could be applied
     twice by such a retry are harmless twice here (INCR of a fencing counter, RPUSH of a wake-up)."""
     return aioredis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), retry_on_error=[RedisConnectionError],
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), retry_on_error=[RedisConnectionError], **options,
     )
 
 

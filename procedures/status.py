@@ -16,16 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from bot.cluster import etcdctl
-from bot.cluster.hosts import (
-    CommandResult,
-    Hosts,
-    crictl_ps_command,
-    etcdctl_env_from_manifest,
-    host_etcdctl_command,
-    parse_crictl_ps,
-    read_manifest_command,
-)
+from bot.cluster.etcd import DEFAULT_ETCD_TIMEOUTS, Etcd, EtcdSurvey, EtcdTimeouts
+from bot.cluster.hosts import Hosts, crictl_ps_command, parse_crictl_ps
 from bot.cluster.kube import KubeClient
 from procedures.facts import (
     ClusterFacts,
@@ -53,11 +45,22 @@ ETCD_CONDITIONS = ("EtcdMembersAvailable", "NodeInstallerProgressing", "Degraded
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds each source may take; the sum is not the wait, since sources run side by side."""
+    """Seconds each source may take; the sum is not the wait, since sources run side by side.
 
-    api: float = 8.0
-    etcdctl: float = 15.0
-    ssh: float = 15.0
+    `hedge`: when the API has not answered by then, the masters are asked over SSH at once,
+    beside it (an API that loses its etcd answers 504 only after its own timeout, and a status
+    that waited for that before going to SSH would miss its 2 s). What SSH found is shown only
+    when it is needed (no API, or no etcdctl through it), so the diagnosis does not depend on
+    which source was faster. `ssh_command`: one command on one master (a warm connection makes
+    that tens of milliseconds; a dead master is marked at this limit).
+    """
+
+    api: float = 3.0
+    etcdctl: float = 8.0
+    ssh: float = 8.0
+    ssh_command: float = 2.0
+    hedge: float = 0.3
+    etcd: EtcdTimeouts = DEFAULT_ETCD_TIMEOUTS
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -114,43 +117,17 @@ def _exec_candidates(pods: Sequence[PodFacts], *, not_ready: set[str]) -> list[P
     return sorted(usable, key=lambda p: (p.node in not_ready, p.container_state != "running", p.node))
 
 
-async def _members(run: Callable[[list[str]], Awaitable[tuple[int | None, str, str]]]) -> tuple[MemberFacts, ...]:
-    """member list must succeed; status and health may be partial (etcdctl exits 1 with a member down)."""
-    (rc, out, err), status, health = await asyncio.gather(
-        run(etcdctl.member_list_command()), run(etcdctl.endpoint_status_command()),
-        run(etcdctl.endpoint_health_command()),
-    )
-    if rc != 0:
-        raise RuntimeError(f"etcdctl member list failed (rc={rc}): {err.strip()[-200:] or out.strip()[:200]}")
-    members = etcdctl.parse_member_list(out)
-    statuses = _partial(etcdctl.parse_endpoint_status, status)
-    checks = _partial(etcdctl.parse_endpoint_health, health)
-    return members_from_etcdctl(members=members, statuses=statuses, health=checks)
+def _member_facts(survey: EtcdSurvey) -> tuple[MemberFacts, ...]:
+    """member list must have answered; a member without status or health did not answer in time."""
+    statuses = survey.statuses
+    errors = {f.endpoint: f.error for f in statuses.failed}
+    facts = members_from_etcdctl(members=survey.members, statuses=statuses.answered, health=survey.health)
+    return tuple(replace(m, error=m.error or errors.get(m.endpoint)) if m.endpoint in errors else m for m in facts)
 
 
-def _partial(parse: Callable[[str], T], result: tuple[int | None, str, str]) -> T | None:
-    rc, out, _ = result
-    if rc is None or not out.strip():
-        return None
-    try:
-        return parse(out)
-    except etcdctl.EtcdctlParseError:
-        return None
-
-
-async def _members_via_exec(kube: KubeClient, candidates: Sequence[PodFacts], *,
-                            timeout: float) -> tuple[tuple[MemberFacts, ...], str]:
-    errors = []
-    for pod in candidates:
-        async def run(argv: list[str], pod: PodFacts = pod) -> tuple[int | None, str, str]:
-            result = await kube.exec(pod=pod.name, container="etcdctl", argv=argv, timeout=timeout)
-            return result.returncode, result.stdout, result.stderr
-
-        try:
-            return await _members(run), f"exec in {pod.name}"
-        except Exception as exc:  # try the next pod: this one's etcdctl may be the broken part
-            errors.append(f"{pod.name}: {exc}")
-    raise RuntimeError("; ".join(errors) or "no Running etcd pod to run etcdctl in")
+async def _members_via(etcd: Etcd) -> tuple[tuple[MemberFacts, ...], str]:
+    survey = await etcd.survey()
+    return _member_facts(survey), survey.via
 
 
 async def _host_containers(hosts: Hosts, *, timeout: float) -> tuple[HostFacts, ...]:
@@ -168,39 +145,49 @@ async def _host_containers(hosts: Hosts, *, timeout: float) -> tuple[HostFacts, 
     return tuple(await asyncio.gather(*(one(n) for n in hosts.nodes)))
 
 
-async def _members_via_ssh(hosts: Hosts, nodes: Sequence[str], *,
-                           timeout: float) -> tuple[tuple[MemberFacts, ...], str]:
-    errors = []
-    for node in nodes:
-        manifest = await hosts.run(node=node, argv=read_manifest_command(), timeout=timeout)
-        if not manifest.ok:
-            errors.append(f"{node}: {manifest.error or manifest.stderr.strip()[:200] or 'no etcd-pod.yaml'}")
-            continue
-        try:
-            env = etcdctl_env_from_manifest(manifest.stdout)
-        except ValueError as exc:
-            errors.append(f"{node}: {exc}")
-            continue
+@dataclass(frozen=True)
+class _HostPath:
+    hosts: tuple[HostFacts, ...]
+    reports: tuple[SourceReport, ...]
+    members: tuple[MemberFacts, ...] = ()
+    via: str = ""
 
-        async def run(argv: list[str], node: str = node, env: dict[str, str] = env) -> tuple[int | None, str, str]:
-            result: CommandResult = await hosts.run(
-                node=node, argv=host_etcdctl_command(env=env, etcdctl_argv=argv), timeout=timeout)
-            return result.rc, result.stdout, result.stderr or (result.error or "")
 
-        try:
-            return await _members(run), f"SSH on {node}"
-        except Exception as exc:  # another master may still have a working etcdctl
-            errors.append(f"{node}: {exc}")
-    raise RuntimeError("; ".join(errors) or "no master reachable over SSH")
+async def _host_path(hosts: Hosts, timeouts: Timeouts) -> _HostPath:
+    """`crictl ps -a` on every master, then etcdctl on one whose etcd runs (2.2 without the API)."""
+    host_list, report = await _timed("SSH crictl", timeouts.ssh,
+                                     lambda: _host_containers(hosts, timeout=timeouts.ssh_command))
+    reports = [report]
+    host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=report.detail) for n in hosts.nodes)
+    running = [h.node for h in host_list if h.reachable and h.etcd_state == "Running"]
+    order = running + [h.node for h in host_list if h.reachable and h.node not in running]
+    etcd = Etcd(kube=None, hosts=hosts, ssh_nodes=order,
+                timeouts=replace(timeouts.etcd, manifest=timeouts.ssh_command))
+    found, report = await _timed("etcdctl (SSH)", timeouts.ssh, lambda: _members_via(etcd))
+    reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)"))
+    members, via = found if found else ((), "")
+    return _HostPath(hosts=host_list, reports=tuple(reports), members=members, via=via)
 
 
 async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | None,
                        timeouts: Timeouts = DEFAULT_TIMEOUTS, expected_back: frozenset[str] = frozenset()) -> ClusterFacts:
     """Everything `/etcd-status` shows, from every source that answers in time."""
     reports: list[SourceReport] = []
+    has_hosts = hosts is not None and bool(hosts.nodes)
+    host_path: asyncio.Future[_HostPath] | None = None
+
+    def start_host_path() -> asyncio.Future[_HostPath]:
+        assert hosts is not None
+        return asyncio.ensure_future(_host_path(hosts, timeouts))
+
     api: _ApiFacts | None = None
     if kube is not None:
-        api, report = await _timed("API", timeouts.api, lambda: _api_facts(kube))
+        api_call = asyncio.ensure_future(_timed("API", timeouts.api, lambda: _api_facts(kube)))
+        if has_hosts:
+            done, _ = await asyncio.wait({api_call}, timeout=timeouts.hedge)
+            if not done:
+                host_path = start_host_path()
+        api, report = await api_call
         if api is not None and api.failures:
             report = replace(report, state=SourceState.PARTIAL, detail="; ".join(api.failures)[:300])
         reports.append(report)
@@ -210,31 +197,30 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
     members: tuple[MemberFacts, ...] = ()
     via = ""
     if api is not None:
+        assert kube is not None
         not_ready = {n.name for n in api.nodes if n.not_ready}
-        candidates = _exec_candidates(api.pods, not_ready=not_ready)
-        found, report = await _timed("etcdctl", timeouts.etcdctl,
-                                     lambda: _members_via_exec(kube, candidates, timeout=timeouts.etcdctl - 1))
+        pods = [(p.name, p.node) for p in _exec_candidates(api.pods, not_ready=not_ready)]
+        etcd = Etcd(kube=kube, hosts=None, pods=pods, timeouts=timeouts.etcd)
+        found, report = await _timed("etcdctl", timeouts.etcdctl, lambda: _members_via(etcd))
         reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (exec)"))
         if found:
             members, via = found
 
     host_list: tuple[HostFacts, ...] = ()
     need_hosts = api is None or not members
-    if hosts is not None and hosts.nodes and need_hosts:
-        host_list, report = await _timed("SSH crictl", timeouts.ssh,
-                                         lambda: _host_containers(hosts, timeout=timeouts.ssh - 1))
-        reports.append(report)
-        host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=report.detail) for n in hosts.nodes)
-        if not members:
-            running = [h.node for h in host_list if h.reachable and h.etcd_state == "Running"]
-            order = running + [h.node for h in host_list if h.reachable and h.node not in running]
-            found, report = await _timed("etcdctl (SSH)", timeouts.ssh,
-                                         lambda: _members_via_ssh(hosts, order, timeout=timeouts.ssh - 1))
-            reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)"))
-            if found:
-                members, via = found
+    if has_hosts and need_hosts:
+        seen = await (host_path or start_host_path())
+        host_list = seen.hosts
+        reports.extend(seen.reports)
+        if not members and seen.members:
+            members, via = seen.members, seen.via
     elif need_hosts:
         reports.append(SourceReport("SSH", SourceState.SKIPPED, detail="no SSH hosts configured"))
+    elif host_path is not None:
+        # Not needed after all: let it finish in the background (each command is bounded), its
+        # commands' channels close cleanly instead of being cut mid-way on the shared connections.
+        _background.add(host_path)
+        host_path.add_done_callback(_background.discard)
 
     return ClusterFacts(
         cluster=cluster,
@@ -251,3 +237,6 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
         expected_back=expected_back,
         etcdctl_via=via,
     )
+
+
+_background: set[asyncio.Future[_HostPath]] = set()

@@ -12,6 +12,7 @@ etcd's JSON prints member IDs as decimal uint64; people and the document use hex
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,38 @@ from typing import Any
 TIMEOUT_FLAGS = ("--dial-timeout=2s", "--command-timeout=4s")
 
 
+MEMBER_ID_RE = re.compile(r"[0-9a-f]{1,16}")
+ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?/?")
+
+
 class EtcdctlParseError(ValueError):
     """etcdctl printed something that is not the JSON it prints on success."""
 
 
-def member_list_command() -> list[str]:
-    return ["etcdctl", "member", "list", "-w", "json", *TIMEOUT_FLAGS]
+def timeout_flags(*, dial: float, command: float) -> list[str]:
+    """etcdctl's client-side limits, in milliseconds (etcdctl reads Go durations)."""
+    return [f"--dial-timeout={max(1, round(dial * 1000))}ms", f"--command-timeout={max(1, round(command * 1000))}ms"]
+
+
+def member_list_command(*, flags: Sequence[str] = TIMEOUT_FLAGS) -> list[str]:
+    return ["etcdctl", "member", "list", "-w", "json", *flags]
+
+
+def member_remove_command(member_id: str, *, flags: Sequence[str] = TIMEOUT_FLAGS) -> list[str]:
+    """`etcdctl member remove <hex id>`; the ID is checked here, it is the one value a person chose."""
+    if not MEMBER_ID_RE.fullmatch(member_id):
+        raise ValueError(f"{member_id!r} is not an etcd member ID (1 to 16 hex digits, as `member list` prints)")
+    return ["etcdctl", "member", "remove", member_id, "-w", "json", *flags]
+
+
+def endpoint_status_one_command(*, flags: Sequence[str] = TIMEOUT_FLAGS) -> list[str]:
+    """`endpoint status` of the endpoint(s) in ETCDCTL_ENDPOINTS: the caller sets it to ONE member, since
+    etcdctl 3.4 asks endpoints one after another and a dead one would hold up the rest."""
+    return ["etcdctl", "endpoint", "status", "-w", "json", *flags]
+
+
+def endpoint_health_one_command(*, flags: Sequence[str] = TIMEOUT_FLAGS) -> list[str]:
+    return ["etcdctl", "endpoint", "health", "-w", "json", *flags]
 
 
 def endpoint_status_command() -> list[str]:

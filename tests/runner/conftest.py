@@ -22,10 +22,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy, Approvals, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
-from bot.procedure import PlanFn, PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
+from bot.procedure import Fence, PlanFn, PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
 from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
-from bot.runner import Fence, Heartbeat, Runner, RunnerPolicy
+from bot.runner import Heartbeat, Runner, RunnerPolicy
 from bot.store import Run, RunState, connect_redis
 from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace

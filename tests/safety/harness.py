@@ -45,9 +45,9 @@ from bot.approvals import ApprovalPolicy, ApproverSpec, RedisApprovals, SlackApp
 from bot.audit import Audit
 from bot.log import configure_logging, get_logger
 from bot.metrics import SlackApiObserver
-from bot.procedure import PlannedCommand, Procedure, Step, StepContext, StepId, StepKind, StepResult
+from bot.procedure import Fence, PlannedCommand, Procedure, Step, StepContext, StepId, StepKind, StepResult
 from bot.progress import ThrottledSender
-from bot.runner import Fence, Heartbeat, Runner, RunnerPolicy
+from bot.runner import Heartbeat, Runner, RunnerPolicy
 from bot.store import Run, connect_redis
 from bot.tasks import cancel_and_wait
 from handlers.runs import register
