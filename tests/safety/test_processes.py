@@ -125,6 +125,8 @@ async def test_two_bots_stopped_shorter_then_longer_than_the_lock_ttl(harness, s
 
     # Resume on the second asks a fresh approval; alice alone cannot run it again.
     message = next(m for m in run_messages(slack) if run_id(m) == two)
+    await until(lambda: "run_resume" in action_ids(slack.workspace.recorder.messages[message.key].blocks),
+                timeout=30, what="the Resume button on the run's message")
     pressed = await slack.press("alice", action_id="run_resume", message_ts=message.ts)
     assert pressed["ok"], pressed
     request = await open_request(slack, two, count=2)
