@@ -3,10 +3,11 @@ ThrottledSender (with the metrics observer) and the run buttons of `handlers/run
 Socket Mode against the lab's Slack workspace and a real redis-server, driving a TEST procedure
 with a destructive step. Not shipped: the procedure lives here, in tests/.
 
-Why a harness and not `etcdbot run`: the real bot registers only the shipped procedures, and a
-safety test needs a destructive step whose every action it can count. Everything the safety
-rules live in (runner, locks, approvals, store) is the production code; only the composition is
-small and local.
+Why a harness beside `etcdbot run` (which tests/safety/test_real_bot.py drives with a test
+procedure through ETCDBOT_PROCEDURE_MODULES): these tests pause, kill and restart bots and Redis
+around the lock's TTL, so they need short TTLs (`RunnerPolicy`), which the real bot does not take
+as settings. Everything the safety rules live in (runner, locks, approvals, store) is the
+production code; only the composition is small and local.
 
 `python -m tests.safety.harness` reads HARNESS_* variables:
   HARNESS_REDIS_URL, HARNESS_SLACK_URL (the workspace's /api/), HARNESS_BOT_TOKEN, HARNESS_APP_TOKEN,
