@@ -692,8 +692,8 @@ class Runner:
             return run, _Stop(RunState.FAILED, error=f"*{step.title}* was not run: {exc.reason}",
                               next_action="Start the procedure again; another approver must approve the step.")
         except LockLost as exc:
-            stopped = replace(record, state=StepState.INTERRUPTED, finished_at=time.time(),
-                              error="cancelled at once: this run lost the cluster's lock")
+            stopped = replace(holder.run.step(step.id), state=StepState.INTERRUPTED, finished_at=time.time(),
+                              error="cancelled at once: this run lost the cluster's lock")  # keeps what it was to send
             raise _LostDuring(run=holder.run.with_step(stopped, now=time.time()), lost=exc) from None
         record = replace(record, finished_at=time.time())
         run = holder.run
