@@ -72,6 +72,8 @@ class Clusters:
         """Opens the SSH connections of every cluster's masters (in an incident, the API may be
         gone and SSH the only way: a status should not start with handshakes). Failures are
         left to the next command to report."""
+        for name in self._settings.cluster_names:
+            self.kube(name)  # reads the kubeconfig now, not in a command's first status
         pools = [h for h in (self.hosts(name) for name in self._settings.cluster_names) if h is not None]
         await asyncio.gather(*(h.warm() for h in pools))
 
