@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from bot.cluster.etcd import DEFAULT_ETCD_TIMEOUTS, Etcd, EtcdSurvey, EtcdTimeouts
+from bot.cluster.etcd import DEFAULT_ETCD_TIMEOUTS, Etcd, EtcdSurvey, EtcdTimeouts, pod_endpoints
 from bot.cluster.hosts import Hosts, crictl_ps_command, parse_crictl_ps
 from bot.cluster.kube import KubeClient
 from procedures.facts import (
@@ -87,6 +87,7 @@ class _ApiFacts:
     pods: tuple[PodFacts, ...]
     machines: tuple[Any, ...]
     failures: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()  # ETCDCTL_ENDPOINTS of the etcd pods: asked while member list runs
 
 
 async def _api_facts(kube: KubeClient) -> _ApiFacts:
@@ -108,6 +109,7 @@ async def _api_facts(kube: KubeClient) -> _ApiFacts:
         pods=tuple(sorted((pod_facts(p) for p in pods or ()), key=lambda p: p.node)),
         machines=tuple(machine_facts(m) for m in machines or () if is_master_machine(m)),
         failures=failures,
+        endpoints=next((found for found in map(pod_endpoints, pods or ()) if found), ()),
     )
 
 
@@ -154,19 +156,18 @@ class _HostPath:
 
 
 async def _host_path(hosts: Hosts, timeouts: Timeouts) -> _HostPath:
-    """`crictl ps -a` on every master, then etcdctl on one whose etcd runs (2.2 without the API)."""
-    host_list, report = await _timed("SSH crictl", timeouts.ssh,
-                                     lambda: _host_containers(hosts, timeout=timeouts.ssh_command))
-    reports = [report]
-    host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=report.detail) for n in hosts.nodes)
-    running = [h.node for h in host_list if h.reachable and h.etcd_state == "Running"]
-    order = running + [h.node for h in host_list if h.reachable and h.node not in running]
-    etcd = Etcd(kube=None, hosts=hosts, ssh_nodes=order,
-                timeouts=replace(timeouts.etcd, manifest=timeouts.ssh_command))
-    found, report = await _timed("etcdctl (SSH)", timeouts.ssh, lambda: _members_via(etcd))
-    reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)"))
+    """`crictl ps -a` on every master and, side by side, etcdctl on the first master that runs it
+    (its manifest's ETCDCTL_ENDPOINTS name every member, so any master with a working etcdctl
+    tells about all of them): 2.2 without the API."""
+    etcd = Etcd(kube=None, hosts=hosts, timeouts=replace(timeouts.etcd, manifest=timeouts.ssh_command))
+    (host_list, crictl), (found, report) = await asyncio.gather(
+        _timed("SSH crictl", timeouts.ssh, lambda: _host_containers(hosts, timeout=timeouts.ssh_command)),
+        _timed("etcdctl (SSH)", timeouts.ssh, lambda: _members_via(etcd)),
+    )
+    host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=crictl.detail) for n in hosts.nodes)
+    etcdctl_report = replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)")
     members, via = found if found else ((), "")
-    return _HostPath(hosts=host_list, reports=tuple(reports), members=members, via=via)
+    return _HostPath(hosts=host_list, reports=(crictl, etcdctl_report), members=members, via=via)
 
 
 async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | None,
@@ -200,7 +201,7 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
         assert kube is not None
         not_ready = {n.name for n in api.nodes if n.not_ready}
         pods = [(p.name, p.node) for p in _exec_candidates(api.pods, not_ready=not_ready)]
-        etcd = Etcd(kube=kube, hosts=None, pods=pods, timeouts=timeouts.etcd)
+        etcd = Etcd(kube=kube, hosts=None, pods=pods, endpoints_hint=api.endpoints, timeouts=timeouts.etcd)
         found, report = await _timed("etcdctl", timeouts.etcdctl, lambda: _members_via(etcd))
         reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (exec)"))
         if found:
