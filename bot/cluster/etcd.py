@@ -334,21 +334,28 @@ class Etcd:
             raise EtcdUnavailable("; ".join(errors) or "no Running etcd pod and no master over SSH to run etcdctl")
 
     async def _survey_at(self, place: Place, errors: list[str]) -> EtcdSurvey | None:
+        """One round trip when the place names the members (its ETCDCTL_ENDPOINTS): member list,
+        and status and health of each named member, in one shell; a second one for members it
+        did not name (added since)."""
         hint = list(place.endpoints)
-        early = asyncio.ensure_future(self._check(place, hint)) if hint else None
-        members = await self._list_at(place, errors)
-        if members is None:
-            if early is not None:
-                _background.add(early)  # bounded by the call limits; not cut mid-command
-                early.add_done_callback(_background.discard)
+        limit = self.timeouts.call
+        command = etcdctl.survey_command(endpoints=hint, flags=self.timeouts.flags)
+        ran = await _bounded(place.etcdctl(command, endpoints=None, timeout=limit), limit)
+        out = etcdctl.parse_survey(ran.stdout)
+        if out.members is None:
+            errors.append(f"{place.where}: member list: {_reason(ran, timeout=limit)}")
             return None
         self._place = place
+        members = out.members
         endpoints = _endpoints(members)
-        statuses, health = await early if early is not None else ({}, {})
-        missing = [e for e in endpoints if e not in statuses]
-        if missing:
-            more_statuses, more_health = await self._check(place, missing)
-            statuses, health = {**statuses, **more_statuses}, {**health, **more_health}
+        if out.garbled:
+            statuses, health = await self._check(place, endpoints)
+        else:
+            statuses, health = _answers(out, ran, hint, limit=limit)
+            missing = [e for e in endpoints if e not in statuses]
+            if missing:
+                more_statuses, more_health = await self._check(place, missing)
+                statuses, health = {**statuses, **more_statuses}, {**health, **more_health}
         return EtcdSurvey(members=members, statuses=_statuses_in_order(statuses, endpoints),
                           health=tuple(health[e] for e in endpoints), via=place.where)
 
@@ -356,8 +363,15 @@ class Etcd:
 
     async def _check(self, place: Place, endpoints: Sequence[str]
                      ) -> tuple[dict[str, EndpointStatus | EndpointFailure], dict[str, EndpointHealth]]:
+        """Status and health of `endpoints`: one shell, or one call each when its output was garbled."""
         if not endpoints:
             return {}, {}
+        limit = self.timeouts.call
+        command = etcdctl.survey_command(endpoints=endpoints, flags=self.timeouts.flags, member_list=False)
+        ran = await _bounded(place.etcdctl(command, endpoints=None, timeout=limit), limit)
+        out = etcdctl.parse_survey(ran.stdout)
+        if ran.rc is not None and not out.garbled:
+            return _answers(out, ran, endpoints, limit=limit)
         return await asyncio.gather(self._statuses(place, endpoints), self._health(place, endpoints))
 
     async def _statuses(self, place: Place, endpoints: Sequence[str]) -> dict[str, EndpointStatus | EndpointFailure]:
@@ -465,7 +479,20 @@ class Etcd:
         return HostPlace(hosts=self._hosts, node=node, env=env)
 
 
-_background: set[asyncio.Future[Any]] = set()
+def _answers(out: etcdctl.SurveyOutput, ran: Ran, endpoints: Sequence[str], *, limit: float
+             ) -> tuple[dict[str, EndpointStatus | EndpointFailure], dict[str, EndpointHealth]]:
+    """Per endpoint, what a survey shell printed; an endpoint with no line gets the reason etcdctl
+    gave on stderr, or 'no answer'."""
+    reasons = etcdctl.status_failures(ran.stderr)
+    fallback = _reason(ran, timeout=limit) if ran.rc is None else "no answer"
+    by_status = {s.endpoint: s for s in out.statuses}
+    by_health = {h.endpoint: h for h in out.health}
+    statuses: dict[str, EndpointStatus | EndpointFailure] = {
+        e: by_status.get(e) or EndpointFailure(e, reasons.get(e, fallback), ran.elapsed) for e in endpoints}
+    health = {e: by_health.get(e) or EndpointHealth(endpoint=e, healthy=False, took=f"{ran.elapsed:.3f}s",
+                                                    error=reasons.get(e, fallback)) for e in endpoints}
+    return statuses, health
+
 
 
 def _statuses_in_order(found: Mapping[str, EndpointStatus | EndpointFailure], endpoints: Sequence[str]
