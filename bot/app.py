@@ -30,7 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.acks import ACKS
-from bot.auth import Authorizer
+from bot.auth import CLOSED_REASON, Authorizer
 from bot.clusters import Clusters
 from bot.config import Settings
 from bot.health import HealthServer
@@ -108,9 +108,8 @@ def build_app(settings: Settings, *, clusters: Clusters | None = None, services:
         authorize=identity.authorize_function() if identity is not None else None,
     )
     authorizer = Authorizer(allowed_users=settings.allowed_users, allowed_usergroup=settings.allowed_usergroup)
-    if authorizer.open_to_all:
-        log.warning("auth.open", detail="neither ETCDBOT_ALLOWED_USERS nor ETCDBOT_ALLOWED_USERGROUP is set: "
-                                        "everyone in the workspace may run commands")
+    if authorizer.closed:
+        log.warning("auth.closed", detail=f"every command is refused: {CLOSED_REASON}")
     handlers.register(app, settings=settings, clusters=clusters or Clusters(settings), authorizer=authorizer,
                       services=services)
     return app
@@ -158,7 +157,9 @@ async def run(settings: Settings) -> None:
         app = build_app(settings, clusters=clusters, services=services, session=session, identity=identity)
         log.info("app.start", mode=settings.slack_mode, clusters=list(settings.cluster_names),
                  slack_api_url=settings.slack_api_url)
-        health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port)
+        health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port,
+                              access=f"closed: {CLOSED_REASON}" if settings.closed else "open to the allowed users",
+                              redis_password=settings.redis_options().get("password", ""))
         await health.start()
         _freeze_startup_heap()
         try:

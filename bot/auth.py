@@ -2,8 +2,11 @@
 
 Membership is asked of Slack (`usergroups.users.list`) and cached for a minute, so a slash
 command still acks within 3 s; a Slack error refuses (fails closed) with a reason the user can
-pass on. With neither setting, everyone in the workspace may run commands (the bot logs a warning
-at start): destructive steps are still held by the two-person rule.
+pass on.
+
+Closed by default: with neither setting, NOBODY may run commands. A bot just deployed from the
+chart's defaults must not hand the whole workspace a way to snapshot or change etcd; every
+refusal, the start-up log and `/readyz` name the settings that open it (`CLOSED_REASON`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 GROUP_ID_RE = re.compile(r"^S[A-Z0-9]{2,}$")
+OPEN_WITH = "ETCDBOT_ALLOWED_USERS (a JSON list of Slack user IDs) or ETCDBOT_ALLOWED_USERGROUP (a user group)"
+CLOSED_REASON = f"the bot is closed to everyone until {OPEN_WITH} is set"
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ class Authorizer:
         self._lock = asyncio.Lock()
 
     @property
-    def open_to_all(self) -> bool:
+    def closed(self) -> bool:
+        """Nobody is allowed: neither users nor a group are configured."""
         return not self._users and not self._group
 
     def who(self) -> str:
@@ -51,11 +57,11 @@ class Authorizer:
         if self._group:
             parts.append(f"members of @{self._group}" if not GROUP_ID_RE.match(self._group) else
                          f"members of user group {self._group}")
-        return " and ".join(parts) or "everyone"
+        return " and ".join(parts) or "nobody"
 
     async def check(self, *, client: AsyncWebClient, user_id: str) -> Decision:
-        if self.open_to_all:
-            return Decision(True, "no restriction configured")
+        if self.closed:
+            return Decision(False, CLOSED_REASON)
         if user_id in self._users:
             return Decision(True, "listed in ETCDBOT_ALLOWED_USERS")
         if not self._group:

@@ -46,6 +46,7 @@ HINTS: dict[str, str] = {
     "http_port": "a TCP port number, e.g. 3000",
     "health_port": "a TCP port number for /healthz, /readyz and /metrics, e.g. 8080",
     "redis_url": "a Redis URL, e.g. redis://127.0.0.1:6379/0",
+    "redis_password": "the Redis password (the Helm chart's Secret key redis-password); empty: the URL's, if any",
     "backup_dir": "a directory for backups, e.g. /var/lib/etcdbot/backups",
     "backup_keys_dir": "a directory apart from the backups for encryption keys, e.g. /var/lib/etcdbot/keys",
     "backup_copy_rate": "bytes per second a backup copy may take from a master (0: no limit)",
@@ -53,6 +54,7 @@ HINTS: dict[str, str] = {
                         'or "" for no scheduled backups'),
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "allowed_users": 'a JSON list of Slack user IDs, e.g. ["U012ABCDEF"], or []',
+    "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
     "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
     "clusters": (
@@ -223,6 +225,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=3000, gt=0, lt=65536)
     health_port: int = Field(default=8080, gt=0, lt=65536)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None  # overrides a password in the URL (kept out of ConfigMaps)
     backup_dir: Path = Path("/var/lib/etcdbot/backups")
     # With etcd encryption on, the static resources tarball holds the keys: it goes here, apart
     # from the snapshots (default: BACKUP_DIR/../<name>-keys, a sibling, never inside BACKUP_DIR).
@@ -231,8 +234,11 @@ class Settings(BaseSettings):
     # Cron (5 fields) in each cluster's timezone; "" = no scheduled backups. A cluster may override it.
     backup_schedule: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Who may run commands. Neither set: nobody (closed by default; the refusal names these).
     allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_usergroup: str | None = None
+    # Extra procedure modules imported at start so they register (beside the built-in ones).
+    procedure_modules: Annotated[tuple[str, ...], NoDecode] = ()
     approver_usergroup: str = "etcd-approvers"
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
 
@@ -245,6 +251,21 @@ class Settings(BaseSettings):
     @classmethod
     def _backup_schedule(cls, value: str) -> str:
         return check_schedule(value)
+
+    @field_validator("procedure_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [m.strip() for m in value.split(",") if m.strip()]
+        for module in value or ():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", str(module)):
+                raise ValueError(f"{module!r} is not a Python module name")
+        return tuple(value or ())
+
+    @property
+    def closed(self) -> bool:
+        """No allowed users and no allowed group: the bot refuses every command."""
+        return not self.allowed_users and not self.allowed_usergroup
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -304,6 +325,11 @@ class Settings(BaseSettings):
             raise ValueError("ETCDBOT_HTTP_PORT and ETCDBOT_HEALTH_PORT must differ")
         return self
 
+    def redis_options(self) -> dict[str, Any]:
+        """Extra arguments for `redis.asyncio.Redis.from_url(self.redis_url, ...)`: the password."""
+        password = self.redis_password.get_secret_value() if self.redis_password else ""
+        return {"password": password} if password else {}
+
     def cluster(self, name: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if c.name == name), None)
 
@@ -320,7 +346,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's clear text, for the log redactor."""
-        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret]
+        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret, self.redis_password]
         return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
 
 

@@ -6,7 +6,10 @@ Route, which should carry Slack's requests and nothing else.
 
 - `/healthz`: the process and its event loop answer (liveness: a restart would help).
 - `/readyz`: Redis answers PING and Slack answers `auth.test`, each within a timeout; 503 names
-  the one that did not (readiness: a restart would not help, traffic should wait).
+  the one that did not (readiness: a restart would not help, traffic should wait). Its `access`
+  says whether anyone may run commands: a bot closed by default (no allowed users or group) is
+  ready, since it must answer each command with the refusal that names the setting, and says
+  "closed" with that setting here.
 - `/metrics`: prometheus-client's text format (bot/metrics.py).
 
 Failures are reported by kind (exception type, Slack error code), never by message: a Redis
@@ -40,8 +43,12 @@ class HealthServer:
         port: int,
         host: str = "0.0.0.0",
         timeout: float = DEFAULT_TIMEOUT,
+        access: str = "",
+        redis_password: str = "",
     ) -> None:
-        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._access = access
+        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                        **({"password": redis_password} if redis_password else {}))
         self._slack = slack
         self._host = host
         self.port = port
@@ -82,8 +89,10 @@ class HealthServer:
         failed = sorted(name for name, state in checks.items() if state != "ok")
         if failed:
             log.warning("health.not_ready", **checks)
-        return web.json_response({"ready": not failed, "failed": failed, "checks": checks},
-                                 status=503 if failed else 200)
+        body: dict[str, object] = {"ready": not failed, "failed": failed, "checks": checks}
+        if self._access:
+            body["access"] = self._access
+        return web.json_response(body, status=503 if failed else 200)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         body, content_type = metrics.exposition()

@@ -67,7 +67,7 @@ BACKUP_LAST_SUCCESS = Gauge(
 )
 _newest_backup: dict[str, float] = {}
 # One count per scheduled fire, by how it ended (a fire another replica took is "duplicate").
-SCHEDULED_OUTCOMES = frozenset({"succeeded", "failed", "aborted", "interrupted", "busy", "refused_young", "duplicate",
+SCHEDULED_OUTCOMES = frozenset({"succeeded", "failed", "aborted", "interrupted", "busy", "refused", "refused_young", "duplicate",
                                 "timeout", "error"})
 SCHEDULED_BACKUPS = Counter("etcdbot_scheduled_backups", "Scheduled backup fires by outcome.", ["cluster", "outcome"])
 BACKUP_BYTES = Gauge("etcdbot_backup_bytes", "Size of the last successful backup (snapshot + static pod resources).",

@@ -35,6 +35,7 @@ from bot.audit import Audit, RunSummary
 from bot.locks import DEFAULT_TIMEOUT, ClusterLock, lock_holder
 from bot.log import get_logger
 from bot.procedure import (
+    Admission,
     PlannedCommand,
     Procedure,
     RunId,
@@ -44,7 +45,9 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    admit,
     plan_of,
+    preview_of,
 )
 from bot.progress import ThrottledSender, output_chunks, render_plan, render_run, run_text, slack_time, who
 from bot.store import Run, RunState, RunStore, StepRecord, StepState
@@ -122,6 +125,7 @@ class Plan:
     cluster: str
     parameters: Mapping[str, Any]
     steps: tuple[PlannedStep, ...]
+    admission: Admission = Admission.ok()
 
     def blocks(self) -> list[Block]:
         rows = [(s.number, s.title, s.kind, s.commands) for s in self.steps]
@@ -143,6 +147,10 @@ class _Live:
     lock: ClusterLock | None
     task: asyncio.Task[None] | None = None
     outputs: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+async def _no_heartbeat(_text: str) -> None:
+    return None
 
 
 def new_run_id() -> RunId:
@@ -230,11 +238,17 @@ class Runner:
         parameters: Mapping[str, Any],
         requester: str,
         channel: str,
-    ) -> Run | Busy:
-        """Takes the cluster's lock (or answers Busy), posts the progress message and starts the
-        steps in the background. Returns as soon as the run exists."""
+        overrides: frozenset[str] = frozenset(),
+    ) -> Run | Busy | Admission:
+        """Asks the procedure's admission (a refusal, or a warning nobody overrode, is returned
+        as it is, and nothing starts), takes the cluster's lock (or answers Busy), posts the
+        progress message and starts the steps in the background. Returns as soon as the run exists."""
         await self.open()
         run_id = new_run_id()
+        admission = await self._admission(procedure, cluster=cluster, parameters=parameters, requester=requester,
+                                          channel=channel, run_id=run_id, overrides=overrides)
+        if not admission.admitted:
+            return admission
         lock = None
         if procedure.takes_lock:
             lock = ClusterLock(
@@ -286,29 +300,39 @@ class Runner:
         channel: str,
         post: bool = True,
     ) -> Plan:
-        """Every step and every command it would send; runs nothing and takes no lock."""
+        """Every step and every command it would send; runs nothing and takes no lock. The plan
+        carries the procedure's admission (what a real start would be told now) and shows the
+        parameters its preview adds (e.g. the master a run would pick)."""
+        admission = await self._admission(procedure, cluster=cluster, parameters=parameters, requester=requester,
+                                          channel=channel, run_id=RunId("dry-run"))
         draft = Run.new(
             run_id=RunId("dry-run"), procedure=procedure, cluster=cluster, parameters=parameters,
             requester=requester, channel=channel, owner=self.instance_id, now=time.time(),
         )
-
-        async def no_heartbeat(_text: str) -> None:
-            return None
-
-        ctx = self._context_factory(run=draft, results={}, heartbeat=no_heartbeat)
+        ctx = self._context_factory(run=draft, results={}, heartbeat=_no_heartbeat)
+        parameters = {**parameters, **await preview_of(procedure, ctx)}
+        ctx = replace(ctx, parameters=parameters)
         steps = tuple(
             [
                 PlannedStep(number=n, step_id=s.id, title=s.title, kind=s.kind, commands=tuple(await plan_of(s, ctx)))
                 for n, s in enumerate(procedure.steps, start=1)
             ]
         )
-        plan = Plan(procedure=procedure, cluster=cluster, parameters=dict(parameters), steps=steps)
+        plan = Plan(procedure=procedure, cluster=cluster, parameters=dict(parameters), steps=steps, admission=admission)
         await self.audit.record(
             cluster=cluster, event="dry_run", actor=requester, procedure=procedure.name, parameters=dict(parameters)
         )
         if post:
             await self.sender.post(channel=channel, text=f"Dry run: {procedure.title} on {cluster}", blocks=plan.blocks())
         return plan
+
+    async def _admission(self, procedure: Procedure, *, cluster: str, parameters: Mapping[str, Any], requester: str,
+                         channel: str, run_id: RunId, overrides: frozenset[str] = frozenset()) -> Admission:
+        """The procedure's admission, asked with a context like the run's (no lock, no fence)."""
+        draft = Run.new(run_id=run_id, procedure=procedure, cluster=cluster, parameters=parameters,
+                        requester=requester, channel=channel, owner=self.instance_id, now=time.time())
+        ctx = self._context_factory(run=draft, results={}, heartbeat=_no_heartbeat)
+        return await admit(procedure, replace(ctx, overrides=overrides))
 
     async def wait(self, run_id: RunId, *, timeout: float) -> Run | None:
         """Waits for this instance's driving of a run to end, then returns the stored run."""

@@ -11,9 +11,11 @@ Redis, not from the scheduler:
 - the per-cluster lock the runner takes keeps a scheduled run and a person's run apart.
 
 What a fire does, and deliberately does not do:
-- it honours the 24 h rule (a backup before the first certificate rotation holds certificates
-  about to expire): the refusal is posted once per installation, not at every fire;
-- it does NOT ask about peak hours: the operator chose the schedule, so it runs;
+- it starts the run through the runner, which asks the procedure's admission as for any start:
+  a refusal (the 24 h rule: a backup before the first certificate rotation holds certificates
+  about to expire) is posted once per refusal period, not at every fire;
+- a warning (peak hours) is NOT a question here: the operator chose the schedule, so the fire
+  overrides it (and logs that it did);
 - a busy cluster gets one message naming the run that holds it, and the fire is skipped (no retry:
   the next fire is the retry);
 - a failed run gets one summary line saying what to do (the run's own message has the detail).
@@ -26,6 +28,7 @@ about that fire when it comes back. With several replicas, another one takes it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +42,10 @@ from bot import metrics
 from bot.clusters import Clusters
 from bot.config import ClusterSettings, Settings
 from bot.log import get_logger
-from bot.procedure import Procedure
+from bot.procedure import Admission, Procedure, Verdict
 from bot.progress import ThrottledSender, slack_time
 from bot.runner import Busy, Runner
-from bot.store import RunState
-from procedures import backup as ch1
+from bot.store import Run, RunState
 
 log = get_logger(__name__)
 
@@ -82,12 +84,26 @@ async def claim_fire(redis: aioredis.Redis, *, cluster: str, fired: datetime, pr
     return bool(await redis.set(key, str(time.time()), nx=True, ex=FIRE_KEY_TTL))
 
 
-async def first_young_notice(redis: aioredis.Redis, *, cluster: str, installed: datetime, until: datetime,
-                             prefix: str = "etcdbot") -> bool:
-    """True the first time a young cluster's refusal is to be posted (once per installation time)."""
-    key = f"{prefix}:schedule:{cluster}:young:{int(installed.timestamp())}"
-    ttl = max(int((until - datetime.now(UTC)).total_seconds()), 60)
+async def first_refusal_notice(redis: aioredis.Redis, *, cluster: str, refusal: Admission,
+                               prefix: str = "etcdbot") -> bool:
+    """True the first time a refusal is to be posted: once per refusal period (its `until`, e.g.
+    the end of a young cluster's first 24 h), else once a day for the same text."""
+    digest = hashlib.sha256(refusal.message.encode()).hexdigest()[:16]
+    if refusal.until is not None:
+        key = f"{prefix}:schedule:{cluster}:refused:{int(refusal.until)}"
+        ttl = max(int(refusal.until - time.time()), 60)
+    else:
+        key, ttl = f"{prefix}:schedule:{cluster}:refused:{digest}", 24 * 3600
     return bool(await redis.set(key, "1", nx=True, ex=ttl))
+
+
+def refusal_line(*, cluster: str, refusal: Admission) -> str:
+    """What a refused fire posts: why, and when the schedule takes over again by itself."""
+    if refusal.until is not None:
+        until = datetime.fromtimestamp(refusal.until, UTC)
+        return (f":no_entry: Scheduled backups of `{cluster}` wait until {slack_time(refusal.until)} "
+                f"({until:%Y-%m-%d %H:%M} UTC): {refusal.message} The schedule resumes by itself then.")
+    return f":no_entry: The scheduled backup of `{cluster}` was refused: {refusal.message} {refusal.next_action}".rstrip()
 
 
 def failure_line(*, cluster: str, run_id: str, state: str, error: str, next_fire: datetime | None) -> str:
@@ -184,23 +200,30 @@ class BackupScheduler:
             await self._say(cluster, f":x: The scheduled backup of `{cluster_name}` could not start: "
                                      f"{type(exc).__name__}: {exc}. Take one by hand with `/etcd-backup {cluster_name}`.")
 
+    async def _start(self, cluster: ClusterSettings) -> Run | Busy | Admission:
+        """The runner's start, as a person's; a warning is overridden (the operator chose the
+        schedule), a refusal comes back as it is."""
+        overrides: frozenset[str] = frozenset()
+        for _ in range(4):  # each round overrides one more warning; a procedure has few
+            result = await self.runner.start(self.procedure(), cluster=cluster.name, parameters={},
+                                             requester=REQUESTER, channel=cluster.channels[0], overrides=overrides)
+            if not (isinstance(result, Admission) and result.verdict is Verdict.WARN and result.override
+                    and result.override not in overrides):
+                return result
+            log.info("schedule.warning_overridden", cluster=cluster.name, override=result.override,
+                     detail=result.message)
+            overrides |= {result.override}
+        return result
+
     async def _backup(self, cluster: ClusterSettings, *, now: datetime) -> None:
-        name, channel = cluster.name, cluster.channels[0]
-        pre = await self.clusters.backup_preflight(name)
-        if pre.installed_at is not None and ch1.too_young(installed=pre.installed_at, now=now):
-            possible = ch1.possible_at(pre.installed_at)
-            metrics.scheduled_backup(cluster=name, outcome="refused_young")
-            log.warning("schedule.refused", cluster=name, reason="first 24 h")
-            if await first_young_notice(self.redis, cluster=name, installed=pre.installed_at, until=possible,
-                                        prefix=self.prefix):
-                await self._say(cluster, (
-                    f":no_entry: Scheduled backups of `{name}` wait until {slack_time(possible.timestamp())} "
-                    f"({possible:%Y-%m-%d %H:%M} UTC): until the first certificate rotation (24 h after installation) "
-                    "a backup would hold expired certificates. The schedule resumes by itself then."))
+        name = cluster.name
+        result = await self._start(cluster)
+        if isinstance(result, Admission):
+            metrics.scheduled_backup(cluster=name, outcome="refused")
+            log.warning("schedule.refused", cluster=name, reason=result.message)
+            if await first_refusal_notice(self.redis, cluster=name, refusal=result, prefix=self.prefix):
+                await self._say(cluster, refusal_line(cluster=name, refusal=result))
             return
-        # pre.error (API down): the run's first step reads the API again and says what is wrong.
-        result = await self.runner.start(self.procedure(), cluster=name, parameters={}, requester=REQUESTER,
-                                         channel=channel)
         if isinstance(result, Busy):
             metrics.scheduled_backup(cluster=name, outcome="busy")
             log.info("schedule.busy", cluster=name, holder=result.run_id)

@@ -5,6 +5,11 @@ Why a module of its own: `bot/app.py` builds the Slack app and serves it; what a
 same in Socket Mode, in HTTP mode and in tests that start the bot as a process, so it is built
 here and `app.py` only opens and closes it.
 
+It is also the composition root of procedures: the registry (`bot.procedure`) is filled by
+importing the built-in procedure modules and `ETCDBOT_PROCEDURE_MODULES`, and `procedure(name,
+parameters)` builds a run's steps through it; `context()` gives each step its typed context: the
+cluster's API and nodes bound to the run's fence, etcd access, the backup store and catalogue.
+
 A restarted bot recovers the runs of a dead instance (`Runner.recover_interrupted()`): at start,
 and again every `recover_every` seconds, because a bot killed a moment ago still counts as alive
 until its presence key expires (`RunnerPolicy.instance_ttl`).
@@ -24,18 +29,32 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.approvals import RedisApprovals, SlackApproverCheck
 from bot.audit import Audit
 from bot.backups import BackupStore, Catalogue
+from bot.cluster.nodes import NodeShell
+from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings
 from bot.log import get_logger
-from bot.procedure import Procedure, StepContext, StepId, StepResult
+from bot.procedure import (
+    Fence,
+    Procedure,
+    StepContext,
+    StepId,
+    StepResult,
+    build_procedure,
+    load_procedures,
+    no_fence,
+)
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
 from bot.scheduler import BackupScheduler
 from bot.store import Run
 from bot.tasks import cancel_and_wait
-from procedures import backup as backup_procedure
 
 log = get_logger(__name__)
+
+# The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
+BUILTIN_PROCEDURES = ("procedures.backup",)
+BACKUP = "backup"
 
 REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
 
@@ -55,20 +74,26 @@ class Services:
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def procedure(self, name: str, parameters: Mapping[str, Any]) -> Procedure:
-        """Name -> Procedure: what the runner calls to rebuild a stored run's steps after a restart."""
-        if name == backup_procedure.NAME:
-            return backup_procedure.build(store=self.store, catalogue=self.catalogue)
-        raise KeyError(f"no procedure named {name!r}")
+        """Name -> Procedure through the registry: how a run starts, and how the runner rebuilds
+        a stored run's steps after a restart."""
+        return build_procedure(name, parameters)
 
-    def context(self, *, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
+    def context(self, *, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat,
+                fence: Fence = no_fence) -> StepContext:
+        """The typed context of one run's steps. `fence` is the runner's lock check; the kube,
+        hosts and etcd handed out here are bound to it (also when the runner later replaces it)."""
         cluster = self.settings.cluster(run.cluster)
         if cluster is None:
             raise KeyError(f"cluster {run.cluster!r} is no longer configured")
+        kube = self.clusters.kube(run.cluster)
+        hosts = self.clusters.hosts(run.cluster)
         return StepContext(
             run_id=run.id, cluster=cluster, settings=self.settings, parameters=run.parameters,
-            kube=self.clusters.kube(run.cluster),  # type: ignore[arg-type]
-            hosts=self.clusters.hosts(run.cluster),  # type: ignore[arg-type]
-            results=results, heartbeat=heartbeat, requester=run.requester,
+            kube=kube,  # type: ignore[arg-type]
+            hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
+            results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
+            etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
+            store=self.store, catalogue=self.catalogue,
         )
 
     async def open(self) -> None:
@@ -105,9 +130,12 @@ class Services:
 
 
 def build_services(settings: Settings, *, clusters: Clusters) -> Services:
-    """Everything a run needs; nothing is connected until `open()`."""
+    """Everything a run needs; nothing is connected until `open()`. Imports the procedure modules
+    (so a wrong ETCDBOT_PROCEDURE_MODULES stops the bot here, at start)."""
+    load_procedures((*BUILTIN_PROCEDURES, *settings.procedure_modules))
     redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+        **settings.redis_options(),
     )
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
                             timeout=30)
@@ -124,15 +152,16 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     def procedures(name: str, parameters: Mapping[str, Any]) -> Procedure:
         return holder["services"].procedure(name, parameters)
 
-    def context(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
-        return holder["services"].context(run=run, results=results, heartbeat=heartbeat)
+    def context(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat,
+                fence: Fence = no_fence) -> StepContext:
+        return holder["services"].context(run=run, results=results, heartbeat=heartbeat, fence=fence)
 
     runner = Runner(redis=redis, sender=sender, approvals=approvals, context_factory=context, procedures=procedures)
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
     services.scheduler = BackupScheduler(
         settings=settings, clusters=clusters, runner=runner, sender=sender, redis=redis,
-        procedure=lambda: services.procedure(backup_procedure.NAME, {}),
+        procedure=lambda: services.procedure(BACKUP, {}),
     )
     holder["services"] = services
     return services

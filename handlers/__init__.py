@@ -33,13 +33,23 @@ def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorize
         available |= _register_procedures(app, settings=settings, clusters=clusters, authorizer=authorizer,
                                           services=services)
     app.command("/etcd-help")(counted("/etcd-help", help_.make_handler(available=available,
-                                                                      clusters=settings.cluster_names)))
+                                                                      clusters=settings.cluster_names,
+                                                                      extra=_procedure_help())))
     return available
+
+
+def _procedure_help() -> list[tuple[str, str, str]]:
+    """Help lines of the registered procedures that have a command (their usage from the kit)."""
+    from bot.procedure import registrations
+    from handlers.procedures import spec_of
+
+    return [(r.command, spec_of(r).usage, r.summary or r.title) for r in registrations() if r.command]
 
 
 def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorizer: Authorizer,
                          services: Services) -> set[str]:
-    from handlers import backup, runs
+    from bot.procedure import registrations
+    from handlers import backup, procedures, runs
     from handlers.common import UsageError, action_authorization_middleware, resolve_cluster
 
     def cluster_of(channel_id: str, _text: str) -> str | None:
@@ -51,9 +61,10 @@ def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Cluster
     runs.register(app, runner=services.runner, resolve_cluster=cluster_of,
                   command_middleware=[authorization_middleware(authorizer)],
                   action_middleware=[action_authorization_middleware(authorizer)])
-    commands = backup.BackupCommands(
-        settings=settings, clusters=clusters, runner=services.runner, catalogue=services.catalogue,
-        procedure=lambda: services.procedure("backup", {}), authorizer=authorizer,
-    )
-    return backup.register(app, commands=commands, middleware=[authorization_middleware(authorizer)]) | {
-        "/etcd-runs", "/etcd-abort"}
+    commands = procedures.ProcedureCommands(settings=settings, runner=services.runner, procedure=services.procedure,
+                                            authorizer=authorizer)
+    available = procedures.register(app, commands=commands, registrations=registrations(),
+                                    middleware=[authorization_middleware(authorizer)])
+    available |= backup.register(app, commands=backup.BackupCommands(settings=settings, catalogue=services.catalogue),
+                                 middleware=[authorization_middleware(authorizer)])
+    return available | {"/etcd-runs", "/etcd-abort"}

@@ -6,7 +6,7 @@ so help never promises something that would answer "dispatch_failed".
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from bot.log import get_logger
@@ -31,8 +31,13 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def render_help(*, available: Collection[str], clusters: Collection[str]) -> str:
-    now = [f"• `{escape(usage)}`: {what}" for name, usage, what in COMMANDS if name in available]
+def render_help(*, available: Collection[str], clusters: Collection[str],
+                extra: Sequence[tuple[str, str, str]] = ()) -> str:
+    """`extra`: (command, usage, what) of registered procedures this list does not know (loaded
+    with ETCDBOT_PROCEDURE_MODULES)."""
+    known = {name for name, _, _ in COMMANDS}
+    listed = [*COMMANDS, *(e for e in extra if e[0] not in known)]
+    now = [f"• `{escape(usage)}`: {what}" for name, usage, what in listed if name in available]
     later = [f"`{name}`" for name, _, _ in COMMANDS if name not in available]
     lines = ["*etcdbot commands*", *now]
     if later:
@@ -44,9 +49,10 @@ def render_help(*, available: Collection[str], clusters: Collection[str]) -> str
     return "\n".join(lines)
 
 
-def make_handler(*, available: Collection[str], clusters: Collection[str]) -> Callable[..., Awaitable[None]]:
+def make_handler(*, available: Collection[str], clusters: Collection[str],
+                 extra: Sequence[tuple[str, str, str]] = ()) -> Callable[..., Awaitable[None]]:
     async def handle_help(ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
-        await ack(text=render_help(available=available, clusters=clusters), response_type="ephemeral")
+        await ack(text=render_help(available=available, clusters=clusters, extra=extra), response_type="ephemeral")
         log.info("help", **command_context(command))
 
     return handle_help

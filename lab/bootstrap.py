@@ -8,14 +8,18 @@ certificates, keys and data.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from lab import hosts, manifests, pki, sshd
-from lab.spec import LabSpec, MasterSpec
+from lab.spec import LabSpec, MasterSpec, NodeSpec, WorkerSpec
+
+MASTER_ONLY_FILES = ("cluster-backup.sh", "cluster-restore.sh", "etcd-common-tools")
 
 
 def pki_dir(spec: LabSpec) -> Path:
@@ -64,56 +68,98 @@ def api_serving_files(spec: LabSpec) -> tuple[Path, Path, Path]:
 
 
 def install_node_certs(spec: LabSpec, *, masters: list[MasterSpec]) -> None:
-    """Every host holds every node's certs (etcd-all-peer etc.), as OpenShift's static pod resources do."""
+    """Every host holds every node's certs (etcd-all-peer etc.), as OpenShift's static pod resources do.
+
+    Modes as the installer pod writes them (library-go ``installerpod``): directories 0755,
+    configmap files 0644, secret files 0600, all root's; user core cannot read a key without sudo.
+    """
     ca_pem = etcd_ca(spec).cert_pem
     all_certs = {m.node: node_certs(spec, m) for m in masters}
     for target in masters:
         base = host_root(spec, target.node) / "etc/kubernetes/static-pod-resources/etcd-certs"
         for name in ("etcd-serving-ca", "etcd-peer-client-ca", "etcd-metrics-proxy-serving-ca"):
-            (base / "configmaps" / name).mkdir(parents=True, exist_ok=True)
+            _make_dirs(base / "configmaps" / name)
             (base / "configmaps" / name / "ca-bundle.crt").write_bytes(ca_pem)
+            (base / "configmaps" / name / "ca-bundle.crt").chmod(0o644)
         for node, certs in all_certs.items():
             for kind, folder in (("peer", "etcd-all-peer"), ("serving", "etcd-all-serving"),
                                  ("serving-metrics", "etcd-all-serving-metrics")):
-                certs[kind].write(cert=base / "secrets" / folder / f"etcd-{kind}-{node}.crt",
-                                  key=base / "secrets" / folder / f"etcd-{kind}-{node}.key")
+                secret_dir = base / "secrets" / folder
+                _make_dirs(secret_dir)
+                cert, key = secret_dir / f"etcd-{kind}-{node}.crt", secret_dir / f"etcd-{kind}-{node}.key"
+                certs[kind].write(cert=cert, key=key)
+                cert.chmod(0o600)
+                key.chmod(0o600)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p with 0755 on what it creates up to the host's static-pod-resources (umask aside)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        created.chmod(0o755)
+
+
+def _write_revision(resource_dir: Path, kind: str, text: str, *, version: str, reason: str) -> None:
+    """A revision's resource dir as the installer lays it: the pod manifest, and the revisioned
+    `<kind>-pod` configmap (pod.yaml, the release `version`, `forceRedeploymentReason`), which is
+    how a backup's static_kuberesources tarball records the release it was taken on."""
+    configmap = resource_dir / "configmaps" / f"{kind}-pod"
+    _make_dirs(configmap)
+    _write_config(resource_dir / f"{kind}-pod.yaml", text)
+    _write_config(configmap / "pod.yaml", text)
+    _write_config(configmap / "version", version)
+    _write_config(configmap / "forceRedeploymentReason", reason)
 
 
 def write_etcd_manifest(spec: LabSpec, master: MasterSpec, *, revision: int, initial_cluster: list[MasterSpec],
-                        endpoints: list[MasterSpec], state: str) -> None:
+                        endpoints: list[MasterSpec], state: str, reason: str = "") -> None:
     root = host_root(spec, master.node)
     text = manifests.etcd_pod_yaml(master, revision=revision, initial_cluster=initial_cluster,
-                                   endpoints=endpoints, state=state)
-    resource_dir = root / f"etc/kubernetes/static-pod-resources/etcd-pod-{revision}"
-    resource_dir.mkdir(parents=True, exist_ok=True)
-    (resource_dir / "etcd-pod.yaml").write_text(text)
+                                   endpoints=endpoints, state=state, version=spec.version)
+    _write_revision(root / f"etc/kubernetes/static-pod-resources/etcd-pod-{revision}", "etcd", text,
+                    version=spec.version, reason=reason)
     restore = root / "etc/kubernetes/static-pod-resources/etcd-certs/configmaps/restore-etcd-pod"
-    restore.mkdir(parents=True, exist_ok=True)
-    (restore / "pod.yaml").write_text(manifests.restore_pod_yaml(master, revision=revision))
+    _make_dirs(restore)
+    _write_config(restore / "pod.yaml", manifests.restore_pod_yaml(master, revision=revision, version=spec.version))
     _atomic_write(root / "etc/kubernetes/manifests/etcd-pod.yaml", text)
 
 
-def write_control_plane_manifest(spec: LabSpec, master: MasterSpec, kind: str, *, revision: int) -> None:
+def write_control_plane_manifest(spec: LabSpec, master: MasterSpec, kind: str, *, revision: int,
+                                 reason: str = "") -> None:
     root = host_root(spec, master.node)
-    text = manifests.control_plane_pod_yaml(kind, revision=revision)
+    text = manifests.control_plane_pod_yaml(kind, revision=revision, version=spec.version)
     resource_dir = root / f"etc/kubernetes/static-pod-resources/{kind}-pod-{revision}"
-    resource_dir.mkdir(parents=True, exist_ok=True)
-    (resource_dir / f"{kind}-pod.yaml").write_text(text)
-    (resource_dir / "configmaps" / "config").mkdir(parents=True, exist_ok=True)
-    (resource_dir / "configmaps" / "config" / "config.yaml").write_text(json.dumps({"kind": kind, "revision": revision}))
+    _write_revision(resource_dir, kind, text, version=spec.version, reason=reason)
+    _make_dirs(resource_dir / "configmaps" / "config")
+    _write_config(resource_dir / "configmaps" / "config" / "config.yaml", json.dumps({"kind": kind, "revision": revision}))
     _atomic_write(root / f"etc/kubernetes/manifests/{kind}-pod.yaml", text)
 
 
+def _write_config(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o644)
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A static pod manifest: root's, 0644, replaced in one rename (the kubelet never reads half)."""
+    _make_dirs(path.parent)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_text(text)
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 
-def prepare_host(spec: LabSpec, master: MasterSpec) -> None:
-    hosts.create_host_root(host_root(spec, master.node), node=master.node)
+def prepare_host(spec: LabSpec, master: NodeSpec) -> None:
+    root = host_root(spec, master.node)
+    hosts.create_host_root(root, node=master.node)
     sshd.ensure_host_key(spec.path / "ssh" / f"host_{master.node}")
+    if isinstance(master, WorkerSpec):
+        # A worker runs no etcd: the machine config lays the etcd scripts and data dir on masters only.
+        for name in MASTER_ONLY_FILES:
+            (root / "usr-local-bin" / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (root / "var/lib/etcd").rmdir()
 
 
 def ssh_paths(spec: LabSpec) -> dict[str, Path]:
@@ -129,7 +175,7 @@ def write_ssh_files(spec: LabSpec) -> None:
     sshd.ensure_client_key(paths["key"])
     paths["authorized_keys"].write_text(paths["pub"].read_text())
     known, config = [], []
-    for m in spec.masters:
+    for m in (*spec.masters, *spec.workers):
         host_key = spec.path / "ssh" / f"host_{m.node}"
         known.append(sshd.known_hosts_line("127.0.0.1", m.ssh_port, host_key))
         line = sshd.known_hosts_line("127.0.0.1", m.ssh_port, host_key).split(" ", 1)[1]
@@ -179,8 +225,9 @@ def env_lines(spec: LabSpec) -> list[str]:
         ("LAB_SSH_KEY", str(paths["key"])),
         ("LAB_KNOWN_HOSTS", str(paths["known_hosts"])),
         ("LAB_MASTERS", " ".join(m.node for m in spec.masters)),
+        ("LAB_WORKERS", " ".join(w.node for w in spec.workers)),
     ]
-    for m in spec.masters:
+    for m in (*spec.masters, *spec.workers):
         var = "LAB_SSH_" + m.node.split(".")[0].replace("-", "_").upper()
         values.append((var, f"core@127.0.0.1:{m.ssh_port}"))
     values += [
@@ -191,6 +238,8 @@ def env_lines(spec: LabSpec) -> list[str]:
         ("ETCDBOT_SLACK_SIGNING_SECRET", spec.slack_signing_secret),
         ("ETCDBOT_BACKUP_DIR", str(spec.path / "backups")),
         ("ETCDBOT_APPROVER_USERGROUP", "etcd-approvers"),
+        # The bot is closed by default: the lab's people (alice, bob, carol; not dave) may run commands.
+        ("ETCDBOT_ALLOWED_USERS", '["U0ALICE01","U0BOB0001","U0CAROL01"]'),
         ("ETCDBOT_CLUSTERS", json.dumps([cluster], separators=(",", ":"))),
     ]
     if spec.bot_http_port and spec.bot_health_port:
@@ -212,8 +261,9 @@ def lay_down(spec: LabSpec) -> None:
     etcd_client_files(spec)
     api_serving_files(spec)
     masters = list(spec.masters)
-    for m in masters:
-        prepare_host(spec, m)
+    # Host roots are mostly small file and symlink copies: in threads, they overlap their syscalls.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda node: prepare_host(spec, node), (*masters, *spec.workers)))
     install_node_certs(spec, masters=masters)
     for m in masters:
         if not (host_root(spec, m.node) / "etc/kubernetes/manifests/etcd-pod.yaml").exists():

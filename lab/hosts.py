@@ -20,10 +20,17 @@ and prompts show the master. The mounts live in the new mount namespace only (pr
 propagation): they vanish when its last process exits and never show in the machine's mount
 table.
 
-Commands run as the real uid 0 (a stand-in ``sudo`` cannot switch users without a setuid
-binary); the session identity of user ``core`` is carried by the environment (``USER=core``),
-and the host stand-ins (``crictl``, ``systemctl``, ``shutdown``, ``cluster-*.sh``) refuse as the
-real ones do for a non-root user unless run through ``sudo``.
+Users as on RHCOS. A command enters as ``root`` (what the kubelet's containers and ``kubectl
+exec`` into the etcd pod run as) or as ``core`` (SSH sessions): ``chroot --userspec=1000:1000
+--groups=1000,4,10,190``, a real unprivileged uid whose permissions the kernel checks, so
+``mv /var/lib/etcd /tmp`` fails with "Permission denied" as on a master. ``sudo`` gets root back
+through a setuid-root copy of ``setpriv`` that the enter script puts, for ``core`` sessions only,
+on a private tmpfs at ``/run/lab/sudo`` (mode 4750, group wheel: what RHCOS's
+``%wheel NOPASSWD: ALL`` grants). Why a setuid helper: an unprivileged process cannot get root
+back by any other means (exec resets the saved uid, capabilities kept for ``core`` would let
+every command through), and the tmpfs makes it work whatever the lab directory's filesystem is
+mounted with (``nosuid`` included). It needs a machine where setuid works (no ``no_new_privs``
+on the lab's processes, as on any root shell or CI runner).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import shutil
 import signal
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,27 @@ HOSTFILES_DIR = Path(__file__).with_name("hostfiles")
 HOST_PATH = "/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin"
 CORE_UID = 1000
 CORE_HOME = "/home/core"
+SUDO_HELPER_DIR = "run/lab/sudo"  # the tmpfs with the setuid setpriv, inside the host root
+WHEEL_GID = 10
+
+
+@dataclass(frozen=True)
+class HostUser:
+    """A user a command runs as inside a host: ids as in RHCOS's /etc/passwd and /etc/group."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+ROOT = HostUser(name="root", uid=0, gid=0, groups=(0,), home="/root")
+# RHCOS: uid=1000(core) gid=1000(core) groups=1000(core),4(adm),10(wheel),190(systemd-journal)
+CORE = HostUser(name="core", uid=CORE_UID, gid=CORE_UID, groups=(CORE_UID, 4, WHEEL_GID, 190), home=CORE_HOME)
+# The groups the lab writes itself (name, gid, members); system groups clashing with them are dropped.
+_RHCOS_GROUPS = (("adm", 4, "core"), ("wheel", WHEEL_GID, "core"), ("systemd-journal", 190, "core"),
+                 ("core", CORE_UID, ""))
 
 # What a chrooted bash, python3 and etcdctl need from the real /etc (copied, symlinks kept:
 # Debian's /etc/alternatives links point into /usr, which is bound inside).
@@ -77,8 +106,8 @@ _RESOURCES_DIR = "etc/kubernetes/static-pod-resources"
 
 _ENTER_SCRIPT = r"""
 set -e
-root=$1 node=$2 cwd=$3
-shift 3
+root=$1 node=$2 cwd=$3 userspec=$4 groups=$5
+shift 5
 mount --bind /usr "$root/usr"
 mount -o remount,bind,ro "$root/usr"
 mount --bind "$root/usr-local-bin" "$root/usr/local/bin"
@@ -87,8 +116,17 @@ mount --bind /proc "$root/proc"
 mount --bind /sys "$root/sys"
 mount -o remount,bind,ro "$root/sys"
 hostname "$node"
-exec /usr/sbin/chroot "$root" /usr/bin/env -i -C "$cwd" "$@"
-"""
+if [ "$userspec" = 0:0 ]; then
+  exec /usr/sbin/chroot "$root" /usr/bin/env -i -C "$cwd" "$@"
+fi
+helper=$root/SUDO_HELPER_DIR
+mkdir -p "$helper"
+mount -t tmpfs -o size=512k,mode=0755,nodev lab-sudo "$helper"
+cp /usr/bin/setpriv "$helper/setpriv"
+chown 0:WHEEL_GID "$helper/setpriv"
+chmod 4750 "$helper/setpriv"
+exec /usr/sbin/chroot --userspec="$userspec" --groups="$groups" "$root" /usr/bin/env -i -C "$cwd" "$@"
+""".replace("SUDO_HELPER_DIR", SUDO_HELPER_DIR).replace("WHEEL_GID", str(WHEEL_GID))
 
 # Makes the (already session-leading) process's stdin its controlling terminal, then execs:
 # a shell on a pty needs it for job control and for SIGHUP when the SSH session goes away.
@@ -110,14 +148,22 @@ def create_host_root(root: Path, *, node: str) -> None:
     but never touches the host's state (data dir, manifests, home, run/lab contents).
     """
     root.mkdir(parents=True, exist_ok=True)
+    # Explicit modes for every directory core walks through: the daemon's umask must not decide
+    # what a non-root session can reach. Root-owned, as on a master (the daemon runs as root).
     for rel, mode in (
         ("etc", 0o755),
+        ("etc/kubernetes", 0o755),
+        ("var", 0o755),
+        ("var/lib", 0o755),
         ("var/lib/etcd", 0o700),
         ("var/tmp", 0o1777),
         ("var/log", 0o755),
+        ("home", 0o755),
         ("home/core", 0o700),
         ("tmp", 0o1777),
+        ("run", 0o755),
         ("run/lab", 0o755),
+        (SUDO_HELPER_DIR, 0o755),
         ("root", 0o700),
         ("usr-local-bin", 0o755),
         ("usr", 0o755),
@@ -145,7 +191,11 @@ def create_host_root(root: Path, *, node: str) -> None:
         profile = home / ".bash_profile"
         if not profile.exists():
             profile.write_text("[ -f ~/.bashrc ] && . ~/.bashrc\n")
-    os.chown(root / "home/core", CORE_UID, CORE_UID)
+        for path in (rc, profile):
+            if user == "core":
+                os.chown(path, CORE.uid, CORE.gid)
+            path.chmod(0o644)
+    os.chown(root / "home/core", CORE.uid, CORE.gid)
     install_hostfiles(root)
 
 
@@ -201,22 +251,31 @@ def _copy_entry(src: Path, dest: Path) -> None:
 
 
 def _write_users(etc: Path) -> None:
-    """passwd/group: the real system accounts (so ``ls -l`` names match) plus ``core``."""
+    """passwd/group: the real system accounts (so ``ls -l`` names match) plus RHCOS's ``core``
+    with its groups (adm, wheel, systemd-journal); system entries clashing with those are dropped."""
+    ours = {name for name, _, _ in _RHCOS_GROUPS}
+    our_gids = {str(gid) for _, gid, _ in _RHCOS_GROUPS}
 
-    def keep(line: str) -> bool:
+    def keep_user(line: str) -> bool:
         fields = line.split(":")
-        return len(fields) > 3 and fields[0] != "core" and fields[2] != str(CORE_UID)
+        return len(fields) > 3 and fields[0] != "core" and fields[2] != str(CORE.uid)
 
-    passwd = [ln for ln in _read_lines(Path("/etc/passwd")) if keep(ln)]
+    def keep_group(line: str) -> bool:
+        fields = line.split(":")
+        return len(fields) > 3 and fields[0] not in ours and fields[2] not in our_gids
+
+    passwd = [ln for ln in _read_lines(Path("/etc/passwd")) if keep_user(ln)]
     if not any(ln.startswith("root:") for ln in passwd):
         passwd.insert(0, "root:x:0:0:root:/root:/bin/bash")
-    passwd.append(f"core:x:{CORE_UID}:{CORE_UID}:CoreOS Admin:{CORE_HOME}:/bin/bash")
-    group = [ln for ln in _read_lines(Path("/etc/group")) if keep(ln)]
-    if not any(ln.startswith("wheel:") for ln in group):
-        group.append("wheel:x:10:core")
-    group.append(f"core:x:{CORE_UID}:")
+    passwd.append(f"core:x:{CORE.uid}:{CORE.gid}:CoreOS Admin:{CORE.home}:/bin/bash")
+    group = [ln for ln in _read_lines(Path("/etc/group")) if keep_group(ln)]
+    if not any(ln.startswith("root:") for ln in group):
+        group.insert(0, "root:x:0:")
+    group += [f"{name}:x:{gid}:{members}" for name, gid, members in _RHCOS_GROUPS]
     (etc / "passwd").write_text("\n".join(passwd) + "\n")
     (etc / "group").write_text("\n".join(group) + "\n")
+    for name in ("passwd", "group"):
+        (etc / name).chmod(0o644)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -226,14 +285,14 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def host_env(root: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The clean environment a command in the host starts with (user ``core``'s session)."""
+def host_env(root: Path, env: Mapping[str, str] | None = None, *, user: HostUser = ROOT) -> dict[str, str]:
+    """The clean environment a command in the host starts with (a login of ``user``)."""
     node = _node_name(root)
     base = {
         "PATH": HOST_PATH,
-        "HOME": CORE_HOME,
-        "USER": "core",
-        "LOGNAME": "core",
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
         "HOSTNAME": node,
         "SHELL": "/bin/bash",
     }
@@ -255,8 +314,9 @@ def host_argv(
     env: Mapping[str, str] | None = None,
     cwd: str = "/",
     controlling_tty: bool = False,
+    user: HostUser = ROOT,
 ) -> list[str]:
-    """The argv that runs ``argv`` inside the host ``root`` (see the module docstring).
+    """The argv that runs ``argv`` inside the host ``root`` as ``user`` (see the module docstring).
 
     ``controlling_tty``: make stdin (a pty slave) the controlling terminal first; the caller
     must start the process in a new session (``spawn_in_host`` does).
@@ -268,7 +328,7 @@ def host_argv(
     if not cwd.startswith("/"):
         raise ValueError(f"cwd must be absolute inside the host: {cwd!r}")
     root = Path(root).resolve()
-    full_env = host_env(root, env)
+    full_env = host_env(root, env, user=user)
     assignments = [f"{k}={v}" for k, v in full_env.items()]
     for k in full_env:
         if not k or "=" in k:
@@ -290,6 +350,8 @@ def host_argv(
         str(root),
         _node_name(root),
         cwd,
+        f"{user.uid}:{user.gid}",
+        ",".join(str(g) for g in user.groups),
         *assignments,
         *command,
     ]
@@ -305,10 +367,11 @@ async def spawn_in_host(
     stderr: Any = asyncio.subprocess.PIPE,
     stdin: Any = asyncio.subprocess.DEVNULL,
     controlling_tty: bool = False,
+    user: HostUser = ROOT,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in the host in its own session (so a whole process group can be signalled)."""
+    """Start ``argv`` in the host as ``user``, in its own session (a whole process group can be signalled)."""
     return await asyncio.create_subprocess_exec(
-        *host_argv(root, argv, env=env, cwd=cwd, controlling_tty=controlling_tty),
+        *host_argv(root, argv, env=env, cwd=cwd, controlling_tty=controlling_tty, user=user),
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
@@ -324,8 +387,9 @@ async def run_in_host(
     stdin: bytes | None = None,
     timeout: float = 30.0,  # noqa: ASYNC109 - the interface the lab's callers use
     cwd: str = "/",
+    user: HostUser = ROOT,
 ) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` in the host to completion: ``(returncode, stdout, stderr)``.
+    """Run ``argv`` in the host as ``user`` to completion: ``(returncode, stdout, stderr)``.
 
     On timeout the whole process group is killed and ``TimeoutError`` is raised.
     """
@@ -335,6 +399,7 @@ async def run_in_host(
         env=env,
         cwd=cwd,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        user=user,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)

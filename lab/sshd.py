@@ -2,16 +2,22 @@
 
 Why asyncssh rather than a real sshd: a real sshd would need a system user, PAM and a config per
 host; the lab needs commands to land in the host's root (``lab.hosts``), to be cut off on demand
-(power-off, the ``drop-ssh`` fault) and to start again on the same port, all from the daemon's
-event loop. What a client sees is what OpenSSH on RHCOS gives user ``core``: public key auth
-only, a stable host key (the lab writes it to known_hosts), exec requests run by ``bash -c``, an
-interactive login shell on a pty, exit statuses and signals, and SFTP (so ``scp`` works) with
-paths mapped into the host root (relative paths from ``/home/core``).
+(power-off, the SSH faults) and to start again on the same port, all from the daemon's event
+loop. What a client sees is what OpenSSH on RHCOS gives user ``core``: public key auth only, a
+stable host key (the lab writes it to known_hosts), exec requests run by ``bash -c``, an
+interactive login shell on a pty owned by core, exit statuses and signals, and SFTP (so ``scp``
+works) served by OpenSSH's own ``sftp-server``. Every session process runs as the unprivileged
+``core`` (uid 1000, ``lab.hosts.CORE``); only ``sudo`` raises to root.
 
 Session processes run in their own session (``spawn_in_host``). When a connection goes away, a
 pty session gets a hangup (its pty master is closed, as sshd does), a non-pty command only loses
 its pipes (it keeps running like under a real sshd); ``stop()`` additionally kills every session
 process, because it is what powering the host off does.
+
+SSH faults (``lab.faults``), each lasting until ``heal``: ``block()`` closes the listener so
+connections are refused, as on a host whose sshd is down; ``stall()`` keeps accepting and
+authenticating, but no command (nor SFTP) starts until ``heal()``, as on a half-dead host; a
+command still waiting then runs, one whose client gave up never does.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import inspect
 import os
 import signal
 import struct
@@ -28,11 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import EXTENDED_DATA_STDERR
 
-from lab.hosts import CORE_HOME, kill_group, spawn_in_host
+from lab.hosts import CORE, CORE_HOME, kill_group, spawn_in_host
 
 USER = "core"
 _CHUNK = 65536
+# OpenSSH's SFTP server (RHCOS: /usr/libexec/openssh/sftp-server; Debian's package path here,
+# as the host's /usr is the machine's). Package openssh-sftp-server.
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+TTY_GID = 5  # group tty: sshd hands the user a pty owned by user:tty, mode 0620
 
 
 def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
@@ -68,40 +80,28 @@ def known_hosts_line(host: str, port: int, host_key_path: Path) -> str:
     return f"{name} {algo} {blob}"
 
 
-class _HostSFTPServer(asyncssh.SFTPServer):
-    """SFTP confined to the host root; relative paths start in /home/core, as for a real login."""
+class _Session(asyncssh.SSHServerProcess[bytes]):
+    """A session whose ``sftp`` subsystem goes to the process factory like a command.
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, root: Path):
-        super().__init__(chan, chroot=str(root).encode())
-        self._users = _names(root / "etc/passwd")
-        self._groups = _names(root / "etc/group")
+    asyncssh serves SFTP itself, inside the daemon (root); a real sshd execs ``sftp-server`` as
+    the user. Taking the subsystem here lets the lab run OpenSSH's own as ``core``, so what core
+    may read or write over SFTP and scp is what the kernel allows uid 1000.
+    """
 
-    def map_path(self, path: bytes) -> bytes:
-        if not path.startswith(b"/"):
-            path = CORE_HOME.encode() + b"/" + path
-        return super().map_path(path)
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp" and os.path.exists(SFTP_SERVER)
 
-    def format_user(self, uid: int) -> str:
-        return self._users.get(uid, str(uid))
-
-    def format_group(self, gid: int) -> str:
-        return self._groups.get(gid, str(gid))
-
-    def exit(self) -> None:
-        # OpenSSH's sftp-server exits 0 and sshd reports it; scp (SFTP mode) fails without it
-        with contextlib.suppress(Exception):
-            self.channel.exit(0)
-
-
-def _names(path: Path) -> dict[int, str]:
-    """uid/gid -> name from the host's passwd/group (owners as the host itself names them)."""
-    names: dict[int, str] = {}
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            fields = line.split(":")
-            if len(fields) > 2 and fields[2].isdigit():
-                names.setdefault(int(fields[2]), fields[0])
-    return names
+    def session_started(self) -> None:
+        if self.channel.get_subsystem() != "sftp":
+            super().session_started()
+            return
+        # What asyncssh does for a command session (SSHServerStreamSession.session_started).
+        stdin: asyncssh.SSHReader[bytes] = asyncssh.SSHReader(self, self.channel)
+        stdout: asyncssh.SSHWriter[bytes] = asyncssh.SSHWriter(self, self.channel)
+        stderr: asyncssh.SSHWriter[bytes] = asyncssh.SSHWriter(self, self.channel, EXTENDED_DATA_STDERR)
+        handler = self._start_process(stdin, stdout, stderr)
+        if inspect.isawaitable(handler):
+            asyncio.ensure_future(handler)
 
 
 class _ConnectionHandler(asyncssh.SSHServer):
@@ -136,6 +136,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
+    def session_requested(self) -> _Session:
+        return _Session(self._owner._session, None, 0, False)
+
 
 class HostSSHServer:
     """The SSH endpoint of one master. ``start``/``stop`` may alternate (power cycles, faults)."""
@@ -160,13 +163,22 @@ class HostSSHServer:
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._procs: set[asyncio.subprocess.Process] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.blocked = False
+        self._flowing = asyncio.Event()  # cleared while stalled
+        self._flowing.set()
+        self._session = self._track(self._handle_process)
 
     @property
     def running(self) -> bool:
         return self._listener is not None
 
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
     async def start(self) -> None:
-        if self._listener is not None:
+        """Listen (again). A no-op while blocked: power cycles do not lift an SSH outage, heal does."""
+        if self._listener is not None or self.blocked:
             return
         ensure_host_key(self.host_key_path)
         self._listener = await asyncssh.create_server(
@@ -174,14 +186,25 @@ class HostSSHServer:
             self.host,
             self.port,
             server_host_keys=[str(self.host_key_path)],
-            process_factory=self._track(self._handle_process),
-            sftp_factory=lambda chan: _HostSFTPServer(chan, self.root),
-            allow_scp=True,
             encoding=None,
             line_editor=False,
             reuse_address=True,
             login_timeout=30,
         )
+
+    async def block(self) -> None:
+        """SSH down: refuse connections and cut the open ones (their commands keep running)."""
+        self.blocked = True
+        await self.stop(kill_sessions=False)
+
+    def stall(self) -> None:
+        """Half-dead host: connections and logins succeed, commands wait for ``heal()``."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        """End ``block()`` and ``stall()``: waiting commands start; ``start()`` listens again."""
+        self.blocked = False
+        self._flowing.set()
 
     async def stop(self, *, kill_sessions: bool = True) -> None:
         """Close the listener, drop every connection and (by default) kill session processes."""
@@ -238,19 +261,24 @@ class HostSSHServer:
         return env
 
     async def _handle_process(self, process: asyncssh.SSHServerProcess) -> None:
-        if process.subsystem:
-            process.stderr.write(f"subsystem request failed on channel: {process.subsystem}\n".encode())
+        if not await self._wait_flowing(process):
+            return  # stalled, and the client gave up: the command never starts
+        if process.subsystem and (process.subsystem != "sftp" or not os.path.exists(SFTP_SERVER)):
+            detail = "" if process.subsystem != "sftp" else f" (lab: install openssh-sftp-server for {SFTP_SERVER})"
+            process.stderr.write(f"subsystem request failed on channel: {process.subsystem}{detail}\n".encode())
             process.exit(1)
             return
         command = process.command
         term = process.get_terminal_type()
         env = self._session_env(process, term)
+        if process.subsystem:
+            argv = [SFTP_SERVER]
+        else:
+            argv = ["bash", "-c", command] if command is not None else ["bash", "-l"]
         try:
-            if term:
-                argv = ["bash", "-c", command] if command is not None else ["bash", "-l"]
+            if term and not process.subsystem:
                 status = await self._run_pty(process, argv, env)
             else:
-                argv = ["bash", "-c", command] if command is not None else ["bash", "-l"]
                 status = await self._run_pipes(process, argv, env)
         except Exception as exc:  # a broken session must not take the server down
             with contextlib.suppress(Exception):
@@ -258,12 +286,26 @@ class HostSSHServer:
             status = 255
         _finish(process, status)
 
+    async def _wait_flowing(self, process: asyncssh.SSHServerProcess) -> bool:
+        """Hold a session while stalled; False if its channel closed first."""
+        if self._flowing.is_set():
+            return True
+        flowing = asyncio.create_task(self._flowing.wait())
+        closed = asyncio.create_task(process.channel.wait_closed())
+        try:
+            await asyncio.wait({flowing, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            flowing.cancel()
+            closed.cancel()
+        return self._flowing.is_set() and not process.channel.is_closing()
+
     async def _run_pipes(self, process: asyncssh.SSHServerProcess, argv: list[str], env: dict[str, str]) -> int | None:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            proc = await spawn_in_host(self.root, argv, env=env, cwd=CORE_HOME, stdin=in_r, stdout=out_w, stderr=err_w)
+            proc = await spawn_in_host(self.root, argv, env=env, cwd=CORE_HOME, stdin=in_r, stdout=out_w, stderr=err_w,
+                                       user=CORE)
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
@@ -296,9 +338,11 @@ class HostSSHServer:
         _set_winsize(master, width, height, pixw, pixh)
         env["SSH_TTY"] = os.ttyname(slave)
         try:
+            os.fchown(slave, CORE.uid, TTY_GID)  # as sshd does: the user's own terminal
+            os.fchmod(slave, 0o620)
             proc = await spawn_in_host(
                 self.root, argv, env=env, cwd=CORE_HOME, stdin=slave, stdout=slave, stderr=slave,
-                controlling_tty=True,
+                controlling_tty=True, user=CORE,
             )
         except BaseException:
             os.close(master)

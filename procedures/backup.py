@@ -15,6 +15,15 @@ One choice differs from the page: each run writes into its own directory,
 side are how a snapshot gets restored with another run's static resources. A run directory also
 makes "clean the host's copy" one `rm -rf` of a path the bot built itself.
 
+Built on the procedure kit (bot/procedure.py): the module registers `backup` (and its command
+`/etcd-backup`) at import; `admission` holds the one copy of the 24 h rule (refuse) and of peak
+hours (warn, "Back up anyway"), asked by the runner for a person's start, a dry run and a
+scheduled start alike; each step returns a typed result (`Prerequisites`, `PickedMasters`,
+`ScriptOutput`, `VerifiedSnapshot`, `CopiedFiles`, `RecordedBackup`) that later steps read with
+`ctx.result(...)`. The SSH user is the unprivileged `core` of RHCOS: the script, the chown, the
+listing, `etcdctl snapshot status`, `sha256sum` and removing the run directory go through sudo;
+commands that change the host go through `ctx.hosts.change` (fenced).
+
 Steps are safe to repeat (Resume after a crash): the script step clears its run directory first,
 the copy step starts from an empty temporary directory, recording is idempotent.
 
@@ -37,9 +46,12 @@ from zoneinfo import ZoneInfo
 
 from bot.backups import CHUNK, BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
 from bot.cluster.etcdctl import human_size
-from bot.cluster.hosts import CommandResult, HostCopyError, Hosts, HostSession, shell_command
+from bot.cluster.hosts import CommandResult, HostCopyError, shell_command
 from bot.cluster.kube import KubeClient, KubeError
+from bot.cluster.nodes import NodeSession
+from bot.config import ClusterSettings
 from bot.procedure import (
+    Admission,
     PlannedCommand,
     Procedure,
     Step,
@@ -48,6 +60,7 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    register,
 )
 from procedures.facts import ClusterFacts
 from procedures.status import gather_facts
@@ -73,6 +86,7 @@ S_VERIFY = StepId("ch1.verify-snapshot")
 S_COPY = StepId("ch1.copy-off-host")
 S_RECORD = StepId("ch1.record-metadata")
 S_CLEAN = StepId("ch1.clean-host")
+PEAK_OVERRIDE = "peak-hours"  # the admission warning a person (or the schedule) may override
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
@@ -258,7 +272,57 @@ def sha256_command(*paths: str) -> list[str]:
     return ["sudo", "sha256sum", *paths]
 
 
-# ---- preflight: what the handler checks before a run, and what a dry run shows -------------
+# ---- the rules before a run: admission (one place for the 24 h rule and peak hours) ----------
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def age_refusal(*, cluster: str, installed: datetime | None, now: datetime) -> Admission | None:
+    """THE 24 h rule (the only place it is written): a backup taken before the first certificate
+    rotation holds certificates about to expire. Used by the admission (before any start) and by
+    the first step (a run resumed or started through another path checks it again)."""
+    if installed is None or not too_young(installed=installed, now=now):
+        return None
+    possible = possible_at(installed)
+    return Admission.refuse(
+        f"No backup of `{cluster}` now: it was installed at {_utc(installed)}, and until the first certificate "
+        "rotation (24 h after installation) a backup would hold expired certificates.",
+        next_action=f"Run `/etcd-backup {cluster}` then.",
+        until=possible.timestamp(),
+    )
+
+
+def peak_warning(*, cluster: ClusterSettings, now: datetime) -> Admission | None:
+    """A backup blocks etcd while the snapshot is taken: in the cluster's peak hours, a person
+    decides (the "Back up anyway" override); a schedule the operator chose counts as decided."""
+    if not in_peak_hours(now=now, window=cluster.peak_window, timezone=cluster.timezone):
+        return None
+    return Admission.warn(
+        f"It is peak time on `{cluster.name}` ({cluster.peak_hours} {cluster.timezone}). A backup blocks etcd while "
+        "the snapshot is taken; the document advises non-peak hours.",
+        override=PEAK_OVERRIDE, label="Back up anyway",
+    )
+
+
+async def admission(ctx: StepContext, *, now: datetime | None = None) -> Admission:
+    """May a backup of this cluster start now? Refuse in the first 24 h, warn in peak hours.
+    An API that does not answer is not a refusal: the first step reads it again and says what
+    is wrong, with the run's message to show it."""
+    now = now or datetime.now(UTC)
+    if ctx.kube is not None:
+        try:
+            cv = await ctx.kube.get_cluster_version()
+        except KubeError:
+            cv = {}
+        refusal = age_refusal(cluster=ctx.cluster_name, installed=installed_at(cv), now=now)
+        if refusal is not None:
+            return refusal
+    return peak_warning(cluster=ctx.cluster, now=now) or Admission.ok()
+
+
+# ---- what a dry run shows ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -274,7 +338,7 @@ class Preflight:
         return possible_at(self.installed_at) if self.installed_at else None
 
 
-async def preflight(*, kube: KubeClient | None, hosts: Hosts | None, pick: bool = False) -> Preflight:
+async def preflight(*, kube: KubeClient | None, hosts: Any, pick: bool = False) -> Preflight:
     """API reads only (clusterversion, proxy, apiserver; with `pick`, the member health too)."""
     if kube is None:
         return Preflight(version=None, installed_at=None, encrypted=False, proxy_on=False, error="no kubeconfig")
@@ -292,6 +356,17 @@ async def preflight(*, kube: KubeClient | None, hosts: Hosts | None, pick: bool 
                      master=master)
 
 
+async def preview(ctx: StepContext) -> dict[str, str]:
+    """A dry run's parameters: the master a run would pick now, whether the proxy and etcd
+    encryption are on (the plans below name them). An API that does not answer leaves them open."""
+    pre = await preflight(kube=ctx.kube, hosts=ctx.hosts, pick=True)
+    found = {"master": pre.master or "NONE-HEALTHY-NOW", "proxy": "on" if pre.proxy_on else "off",
+             "encrypted": "yes" if pre.encrypted else "no"}
+    if pre.error:
+        found["api"] = f"did not answer ({pre.error[:120]}): the plan could not name the master"
+    return found
+
+
 async def _apiserver(kube: KubeClient) -> dict[str, Any] | None:
     try:
         return await kube.get_apiserver()
@@ -301,29 +376,70 @@ async def _apiserver(kube: KubeClient) -> dict[str, Any] | None:
         raise
 
 
+# ---- what each step leaves for the next (typed, stored as JSON) ------------------------------
+
+
+@dataclass(frozen=True)
+class Prerequisites:
+    version: str
+    installed_at: float | None
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class PickedMasters:
+    candidates: tuple[str, ...]  # healthy masters, in the order to try them
+
+
+@dataclass(frozen=True)
+class ScriptOutput:
+    host: str
+    dir: str
+    snapshot: str
+    snapshot_size: int
+    resources: str
+    resources_size: int
+    started_at: float
+    moved_from: tuple[str, ...] = ()
+
+    @property
+    def snapshot_path(self) -> str:
+        return f"{self.dir}/{self.snapshot}"
+
+    @property
+    def resources_path(self) -> str:
+        return f"{self.dir}/{self.resources}"
+
+
+@dataclass(frozen=True)
+class VerifiedSnapshot:
+    hash: int
+    revision: int
+    total_keys: int
+    total_size: int
+    sha256: dict[str, str]  # file name -> hex, as the master's sha256sum printed it
+
+
+@dataclass(frozen=True)
+class CopiedFile:
+    role: str  # "snapshot" or "resources"
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CopiedFiles:
+    files: dict[str, CopiedFile]  # file name -> what arrived
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class RecordedBackup:
+    backup_id: str
+    path: str
+
+
 # ---- the steps ------------------------------------------------------------------------------
-
-
-def _kube(ctx: StepContext) -> KubeClient:
-    if ctx.kube is None:
-        raise StepFailed("the cluster's API is not configured (no kubeconfig)", next_action="Fix ETCDBOT_CLUSTERS.")
-    return ctx.kube  # type: ignore[return-value]
-
-
-def _hosts(ctx: StepContext) -> Hosts:
-    if ctx.hosts is None:
-        raise StepFailed(
-            "no SSH access to the masters is configured for this cluster",
-            next_action="Add `ssh` (user, key, known_hosts, hosts) to the cluster in ETCDBOT_CLUSTERS.",
-        )
-    return ctx.hosts  # type: ignore[return-value]
-
-
-def _value(ctx: StepContext, step: StepId, key: str) -> Any:
-    result = ctx.results.get(step)
-    if result is None or key not in result.values:
-        raise StepFailed(f"internal: step {step} left no {key}", next_action="Start the backup again.")
-    return result.values[key]
 
 
 def _fail_text(result: CommandResult) -> str:
@@ -332,50 +448,52 @@ def _fail_text(result: CommandResult) -> str:
     return (result.stderr.strip() or result.stdout.strip())[-300:] or f"exit code {result.rc}"
 
 
+def _store(ctx: StepContext) -> tuple[BackupStore, Catalogue]:
+    if ctx.store is None or ctx.catalogue is None:
+        raise StepFailed("internal: this run has no backup store", next_action="Check ETCDBOT_BACKUP_DIR and restart the bot.")
+    return ctx.store, ctx.catalogue
+
+
 async def check_prerequisites(ctx: StepContext) -> StepResult:
-    kube = _kube(ctx)
+    kube = ctx.need_kube()
     try:
         cv, apiserver = await asyncio.gather(kube.get_cluster_version(), _apiserver(kube))
     except KubeError as exc:
         raise StepFailed(f"could not read the cluster version: {exc}", retryable=True,
-                         next_action=f"Check the API with `/etcd-status {ctx.cluster.name}`.") from exc
+                         next_action=f"Check the API with `/etcd-status {ctx.cluster_name}`.") from exc
     version = full_version(cv)
     if not version:
         raise StepFailed("clusterversion/version names no version; a backup without one cannot be matched to a restore",
                          next_action="Check `oc get clusterversion`.")
     installed = installed_at(cv)
-    now = datetime.now(UTC)
-    if too_young(installed=installed, now=now):
-        assert installed is not None
-        raise StepFailed(
-            f"the cluster was installed at {installed:%Y-%m-%d %H:%M} UTC; before the first certificate rotation "
-            "(24 h after installation) a backup would hold expired certificates",
-            next_action=f"Take the backup after {possible_at(installed):%Y-%m-%d %H:%M} UTC.",
-        )
+    refusal = age_refusal(cluster=ctx.cluster_name, installed=installed, now=datetime.now(UTC))
+    if refusal is not None:
+        assert refusal.until is not None
+        raise StepFailed(refusal.message,
+                         next_action=f"Take the backup after {_utc(datetime.fromtimestamp(refusal.until, UTC))}.")
     encrypted = encryption_on(apiserver)
     summary = f"OpenShift {version}; installed {installed:%Y-%m-%d %H:%M} UTC" if installed else f"OpenShift {version}"
     summary += "; etcd encryption ON: the static resources go apart from the snapshot" if encrypted else ""
-    return StepResult(summary=summary, values={
-        "version": version, "installed_at": installed.timestamp() if installed else None, "encrypted": encrypted,
-    })
+    return StepResult.of(summary, Prerequisites(version=version, installed_at=installed.timestamp() if installed else None,
+                                                encrypted=encrypted))
 
 
 async def pick_master(ctx: StepContext) -> StepResult:
-    hosts = _hosts(ctx)
-    facts = await gather_facts(cluster=ctx.cluster.name, kube=ctx.kube, hosts=hosts)  # type: ignore[arg-type]
+    hosts = ctx.need_hosts()
+    facts = await gather_facts(cluster=ctx.cluster_name, kube=ctx.kube, hosts=hosts)  # type: ignore[arg-type]
     found = candidates(facts, ssh_nodes=hosts.nodes)
     if not found:
         unhealthy = ", ".join(m.name for m in facts.members if not m.healthy) or "unknown"
         raise StepFailed(
             f"no master has a healthy etcd member reachable over SSH (unhealthy: {unhealthy})",
-            next_action=f"See `/etcd-status {ctx.cluster.name}`; a backup needs one master with a running etcd.",
+            next_action=f"See `/etcd-status {ctx.cluster_name}`; a backup needs one master with a running etcd.",
             retryable=True,
         )
     skipped = sorted({m.name for m in facts.members} - set(found))
     summary = f"{found[0]} (healthy members: {', '.join(found)})"
     if skipped:
         summary += f"; not used: {', '.join(skipped)}"
-    return StepResult(summary=summary, values={"candidates": found})
+    return StepResult.of(summary, PickedMasters(candidates=tuple(found)))
 
 
 def _pick_plan(ctx: StepContext) -> list[PlannedCommand]:
@@ -385,7 +503,7 @@ def _pick_plan(ctx: StepContext) -> list[PlannedCommand]:
     ]
 
 
-async def _ssh_ids(host: HostSession) -> tuple[str, str] | CommandResult:
+async def _ssh_ids(host: NodeSession) -> tuple[str, str] | CommandResult:
     result = await host.run(argv=["id", "-u"], timeout=COMMAND_TIMEOUT)
     if not result.ok:
         return result
@@ -395,17 +513,18 @@ async def _ssh_ids(host: HostSession) -> tuple[str, str] | CommandResult:
     return result.stdout.strip(), group.stdout.strip()
 
 
-async def _backup_on(host: HostSession, *, directory: str, env: Mapping[str, str]) -> tuple[HostFiles, str] | str:
-    """The script on one master; the files it made, or why not (after removing what it left)."""
+async def _backup_on(host: NodeSession, *, directory: str, env: Mapping[str, str]) -> tuple[HostFiles, str] | str:
+    """The script on one master; the files it made, or why not (after removing what it left).
+    The SSH user is `core`: the script, the chown and the listing of root's files go through sudo."""
     ids = await _ssh_ids(host)
     if isinstance(ids, CommandResult):
         return _fail_text(ids)
-    cleared = await host.run(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+    cleared = await host.change(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
     if not cleared.ok:
         return _fail_text(cleared)
-    last = script = await host.run(argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT)
+    last = script = await host.change(argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT)
     if script.ok:
-        owned = await host.run(argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
+        owned = await host.change(argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
         last = await host.run(argv=listing_command(directory), timeout=COMMAND_TIMEOUT) if owned.ok else owned
         if last.ok:
             try:
@@ -417,22 +536,22 @@ async def _backup_on(host: HostSession, *, directory: str, env: Mapping[str, str
     else:
         failure = _fail_text(script)
     if last.rc is not None:  # the master answers: leave nothing half made behind
-        await host.run(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+        await host.change(argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
     return failure
 
 
 async def run_backup_script(ctx: StepContext) -> StepResult:
     """On the first candidate that works: clear the run directory, run the script, own and list
     the files. A master that does not answer, or whose script fails, hands over to the next one."""
-    hosts = _hosts(ctx)
-    kube = _kube(ctx)
+    hosts = ctx.need_hosts()
+    kube = ctx.need_kube()
     try:
         env = proxy_env(await kube.get_proxy())
     except KubeError as exc:
         raise StepFailed(f"could not read proxy/cluster: {exc}", retryable=True) from exc
     directory = host_dir(ctx.run_id)
     errors: list[str] = []
-    for node in _value(ctx, S_PICK, "candidates"):
+    for node in ctx.result(S_PICK, PickedMasters).candidates:
         await ctx.heartbeat(f"running cluster-backup.sh on {node}" + (f" (after: {'; '.join(errors)})" if errors else ""))
         started = time.time()
         async with hosts.session(node) as host:
@@ -442,16 +561,16 @@ async def run_backup_script(ctx: StepContext) -> StepResult:
             continue
         files, output = outcome
         moved = f" (moved on from {'; '.join(errors)})" if errors else ""
-        return StepResult(
-            summary=f"on {node}: {files.snapshot} ({human_size(files.snapshot_size)}), {files.resources}{moved}",
+        return StepResult.of(
+            f"on {node}: {files.snapshot} ({human_size(files.snapshot_size)}), {files.resources}{moved}",
+            ScriptOutput(host=node, dir=directory, snapshot=files.snapshot, snapshot_size=files.snapshot_size,
+                         resources=files.resources, resources_size=files.resources_size, started_at=started,
+                         moved_from=tuple(errors)),
             output=output[-3000:],
-            values={"host": node, "dir": directory, "snapshot": files.snapshot, "snapshot_size": files.snapshot_size,
-                    "resources": files.resources, "resources_size": files.resources_size, "started_at": started,
-                    "moved_from": errors},
         )
     raise StepFailed(
         "the backup script did not succeed on any healthy master: " + "; ".join(errors),
-        next_action=f"Check the masters with `/etcd-status {ctx.cluster.name}`, then start `/etcd-backup` again.",
+        next_action=f"Check the masters with `/etcd-status {ctx.cluster_name}`, then start `/etcd-backup` again.",
     )
 
 
@@ -479,15 +598,10 @@ def _plan_dir(ctx: StepContext) -> str:
     return host_dir(ctx.run_id)
 
 
-def _files(ctx: StepContext) -> tuple[str, str, str, str]:
-    node = _value(ctx, S_SCRIPT, "host")
-    directory = _value(ctx, S_SCRIPT, "dir")
-    return node, directory, f"{directory}/{_value(ctx, S_SCRIPT, 'snapshot')}", f"{directory}/{_value(ctx, S_SCRIPT, 'resources')}"
-
-
 async def verify_snapshot(ctx: StepContext) -> StepResult:
-    hosts = _hosts(ctx)
-    node, directory, snapshot, resources = _files(ctx)
+    hosts = ctx.need_hosts()
+    made = ctx.result(S_SCRIPT, ScriptOutput)
+    node, directory, snapshot, resources = made.host, made.dir, made.snapshot_path, made.resources_path
     async with hosts.session(node) as host:
         status_run = await host.run(argv=["true"], timeout=COMMAND_TIMEOUT)  # connect once, then both at once
         if status_run.ok:
@@ -501,7 +615,7 @@ async def verify_snapshot(ctx: StepContext) -> StepResult:
         raise StepFailed(f"{node} did not answer: {_fail_text(status_run if status_run.rc is None else sums_run)}",
                          retryable=True, next_action="Check the master, then start `/etcd-backup` again.")
     what_to_do = (f"The copy on {node} ({directory}) was removed and nothing was stored. Check etcd with "
-                  f"`/etcd-status {ctx.cluster.name}` and start `/etcd-backup` again; it will pick a healthy master.")
+                  f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again; it will pick a healthy master.")
     try:
         if not status_run.ok:
             raise ValueError(_fail_text(status_run))
@@ -509,17 +623,16 @@ async def verify_snapshot(ctx: StepContext) -> StepResult:
         if status.total_keys <= 0 or status.revision <= 0:
             raise ValueError(f"the snapshot holds {status.total_keys} keys at revision {status.revision}")
         sums = parse_sha256sum(sums_run.stdout)
-        names = (snapshot.rsplit("/", 1)[-1], resources.rsplit("/", 1)[-1])
+        names = (made.snapshot, made.resources)
         if not sums_run.ok or any(n not in sums for n in names):
             raise ValueError(f"sha256sum failed: {_fail_text(sums_run)}")
     except ValueError as exc:
-        await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
+        await hosts.change(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
         raise StepFailed(f"the snapshot on {node} failed verification: {exc}", next_action=what_to_do) from exc
-    return StepResult(
-        summary=(f"hash {status.hash}, revision {status.revision}, {status.total_keys} keys, "
-                 f"{human_size(status.total_size)}"),
-        values={"hash": status.hash, "revision": status.revision, "total_keys": status.total_keys,
-                "total_size": status.total_size, "sha256": {n: sums[n] for n in names}},
+    return StepResult.of(
+        f"hash {status.hash}, revision {status.revision}, {status.total_keys} keys, {human_size(status.total_size)}",
+        VerifiedSnapshot(hash=status.hash, revision=status.revision, total_keys=status.total_keys,
+                         total_size=status.total_size, sha256={n: sums[n] for n in names}),
     )
 
 
@@ -531,122 +644,144 @@ def _verify_plan(ctx: StepContext) -> list[PlannedCommand]:
     ]
 
 
-def build(*, store: BackupStore, catalogue: Catalogue) -> Procedure:
-    """The chapter 1 procedure, writing into `store` and recording in `catalogue`."""
+async def copy_off_host(ctx: StepContext) -> StepResult:
+    hosts = ctx.need_hosts()
+    store, _catalogue = _store(ctx)
+    made = ctx.result(S_SCRIPT, ScriptOutput)
+    expected = ctx.result(S_VERIFY, VerifiedSnapshot).sha256
+    encrypted = ctx.result(S_PREREQS, Prerequisites).encrypted
+    node = made.host
+    sizes = {made.snapshot_path: made.snapshot_size, made.resources_path: made.resources_size}
+    try:
+        store.check_space(needed=sum(sizes.values()))
+    except StoreError as exc:
+        raise StepFailed(f"{exc}. Nothing was copied.",
+                         next_action="Free space in the backup store (or enlarge it), then start `/etcd-backup` again.") from exc
+    target = store.prepare(run_id=ctx.run_id, encrypted=encrypted)
+    copied: dict[str, CopiedFile] = {}
+    try:
+        for path, dest_dir, role in ((made.snapshot_path, target.snapshot_dir, "snapshot"),
+                                     (made.resources_path, target.resources_dir, "resources")):
+            name = path.rsplit("/", 1)[-1]
+            await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {node}")
+            chunks = hosts.download(node=node, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
+            got = await store.receive(chunks=chunks, dest=dest_dir / name)
+            if got.size != sizes[path] or got.sha256 != expected[name]:
+                raise StepFailed(
+                    f"{name} arrived with sha256 {got.sha256[:16]}… ({got.size} bytes); the master's sha256sum "
+                    f"says {expected[name][:16]}… ({sizes[path]} bytes)",
+                    retryable=True, next_action="Nothing was stored. Start `/etcd-backup` again.",
+                )
+            copied[name] = CopiedFile(role=role, size=got.size, sha256=got.sha256)
+    except HostCopyError as exc:
+        store.discard(run_id=ctx.run_id)
+        raise StepFailed(
+            f"{exc}. The partial copy was deleted; nothing was stored",
+            retryable=True,
+            next_action=(f"The files are still on {node} in {made.dir}. Check SSH to {node} with "
+                         f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again."),
+        ) from exc
+    except BaseException:
+        store.discard(run_id=ctx.run_id)
+        raise
+    total = sum(c.size for c in copied.values())
+    return StepResult.of(f"{len(copied)} files, {human_size(total)}, sha256 match the master's",
+                         CopiedFiles(files=copied, encrypted=encrypted))
 
-    async def copy_off_host(ctx: StepContext) -> StepResult:
-        hosts = _hosts(ctx)
-        node, _directory, snapshot, resources = _files(ctx)
-        expected: dict[str, str] = _value(ctx, S_VERIFY, "sha256")
-        encrypted = bool(_value(ctx, S_PREREQS, "encrypted"))
-        sizes = {snapshot: int(_value(ctx, S_SCRIPT, "snapshot_size")), resources: int(_value(ctx, S_SCRIPT, "resources_size"))}
-        try:
-            store.check_space(needed=sum(sizes.values()))
-        except StoreError as exc:
-            raise StepFailed(f"{exc}. Nothing was copied.",
-                             next_action="Free space in the backup store (or enlarge it), then start `/etcd-backup` again.") from exc
-        target = store.prepare(run_id=ctx.run_id, encrypted=encrypted)
-        copied: dict[str, dict[str, Any]] = {}
-        try:
-            for path, dest_dir, role in ((snapshot, target.snapshot_dir, "snapshot"), (resources, target.resources_dir, "resources")):
-                name = path.rsplit("/", 1)[-1]
-                await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {node}")
-                chunks = hosts.read_file(node=node, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
-                got = await store.receive(chunks=chunks, dest=dest_dir / name)
-                if got.size != sizes[path] or got.sha256 != expected[name]:
-                    raise StepFailed(
-                        f"{name} arrived with sha256 {got.sha256[:16]}… ({got.size} bytes); the master's sha256sum "
-                        f"says {expected[name][:16]}… ({sizes[path]} bytes)",
-                        retryable=True, next_action="Nothing was stored. Start `/etcd-backup` again.",
-                    )
-                copied[name] = {"role": role, "size": got.size, "sha256": got.sha256}
-        except HostCopyError as exc:
-            store.discard(run_id=ctx.run_id)
-            raise StepFailed(
-                f"{exc}. The partial copy was deleted; nothing was stored",
-                retryable=True,
-                next_action=(f"The files are still on {node} in {_directory}. Check SSH to {node} with "
-                             f"`/etcd-status {ctx.cluster.name}` and start `/etcd-backup` again."),
-            ) from exc
-        except BaseException:
-            store.discard(run_id=ctx.run_id)
-            raise
-        total = sum(c["size"] for c in copied.values())
-        return StepResult(summary=f"{len(copied)} files, {human_size(total)}, sha256 match the master's",
-                          values={"files": copied, "encrypted": encrypted})
 
-    async def record_metadata(ctx: StepContext) -> StepResult:
-        started = float(_value(ctx, S_SCRIPT, "started_at"))
-        backup_id = new_backup_id(run_id=ctx.run_id, at=started)
-        encrypted = bool(_value(ctx, S_COPY, "encrypted"))
-        final = store.placement(cluster=ctx.cluster.name, backup_id=backup_id, encrypted=encrypted)
-        files = []
-        for name, info in sorted(_value(ctx, S_COPY, "files").items()):
-            where = final.snapshot_dir if info["role"] == "snapshot" else final.resources_dir
-            files.append(StoredFile(name=name, role=info["role"], size=int(info["size"]), sha256=info["sha256"],
-                                    path=str(where / name)))
-        record = BackupRecord(
-            id=backup_id, cluster=ctx.cluster.name, version=str(_value(ctx, S_PREREQS, "version")),
-            revision=int(_value(ctx, S_VERIFY, "revision")), total_keys=int(_value(ctx, S_VERIFY, "total_keys")),
-            snapshot_hash=int(_value(ctx, S_VERIFY, "hash")), snapshot_size=int(_value(ctx, S_VERIFY, "total_size")),
-            files=tuple(files), host=str(_value(ctx, S_SCRIPT, "host")), started_at=started, finished_at=time.time(),
-            run_id=ctx.run_id, requester=ctx.requester, verified=True, encrypted=encrypted,
-            host_dir=str(_value(ctx, S_SCRIPT, "dir")),
-        )
-        try:
-            placed = store.commit(record=record, encrypted=encrypted)
-        except OSError as exc:
-            store.discard(run_id=ctx.run_id)
-            raise StepFailed(f"could not move the verified files into place: {exc}",
-                             next_action="Check the backup store, then start `/etcd-backup` again.") from exc
-        await catalogue.add(record)
-        where = f"{placed.snapshot_dir}" + (f" (static resources apart, in {placed.resources_dir})" if placed.apart else "")
-        return StepResult(summary=f"backup `{backup_id}` of OpenShift {record.version}, revision {record.revision}: {where}",
-                          values={"backup_id": backup_id, "path": str(placed.snapshot_dir)})
+def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
+    node = str(ctx.parameters.get("master") or "THE-MASTER")
+    root = ctx.store.root if ctx.store is not None else "BACKUP-DIR"
+    return [
+        PlannedCommand("bot", f"check free space in {root} (needs the files' size + 20%)"),
+        PlannedCommand(f"sftp core@{node}", "read DIR/snapshot_TS.db and DIR/static_kuberesources_TS.tar.gz "
+                                            f"in 1 MiB chunks into {root}/.incoming/RUN-ID, sha256 while streaming"),
+    ]
 
-    async def clean_host(ctx: StepContext) -> StepResult:
-        hosts = _hosts(ctx)
-        node, directory, _snapshot, _resources = _files(ctx)
-        result = await hosts.run(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
-        if not result.ok:
-            raise StepFailed(f"could not remove {directory} on {node}: {_fail_text(result)}", retryable=True,
-                             next_action=f"The backup is stored and verified; remove {directory} on {node} by hand.")
-        return StepResult(summary=f"removed {directory} on {node}")
 
-    def copy_plan(ctx: StepContext) -> list[PlannedCommand]:
-        node = str(ctx.parameters.get("master") or "THE-MASTER")
-        return [
-            PlannedCommand("bot", f"check free space in {store.root} (needs the files' size + 20%)"),
-            PlannedCommand(f"sftp core@{node}", "read DIR/snapshot_TS.db and DIR/static_kuberesources_TS.tar.gz "
-                                                f"in 1 MiB chunks into {store.root}/.incoming/RUN-ID, sha256 while streaming"),
-        ]
-
-    def record_plan(ctx: StepContext) -> list[PlannedCommand]:
-        keys = f"; the tarball into {store.keys} (etcd encryption is on)" if ctx.parameters.get("encrypted") == "yes" else ""
-        return [PlannedCommand("bot", f"metadata.json, rename into {store.root}/{ctx.cluster.name}/BACKUP-ID{keys}; "
-                                      "catalogue entry in Redis")]
-
-    def clean_plan(ctx: StepContext) -> list[PlannedCommand]:
-        node = str(ctx.parameters.get("master") or "THE-MASTER")
-        directory = _plan_dir(ctx)
-        return [PlannedCommand(f"ssh core@{node}", shell_command(clear_dir_command(directory)))]
-
-    steps = (
-        Step(S_PREREQS, "Check the prerequisites: 24 h after installation, the cluster version, etcd encryption",
-             StepKind.READ, check_prerequisites,
-             lambda _ctx: [PlannedCommand("api", "oc get clusterversion version -o json; oc get apiserver cluster -o json")],
-             timeout=60, retries=2, safe_to_repeat=True),
-        Step(S_PICK, "Pick one master with a running, healthy etcd member", StepKind.READ, pick_master, _pick_plan,
-             timeout=90, retries=1, safe_to_repeat=True),
-        Step(S_SCRIPT, "Run cluster-backup.sh /home/core/assets/backup on that master", StepKind.CHANGE,
-             run_backup_script, _script_plan, timeout=SCRIPT_TIMEOUT * 3 + 60, safe_to_repeat=True),
-        Step(S_VERIFY, "Verify the snapshot (etcdctl snapshot status, sha256sum)", StepKind.READ, verify_snapshot,
-             _verify_plan, timeout=SCRIPT_TIMEOUT + 30, retries=1, safe_to_repeat=True),
-        Step(S_COPY, "Copy both files off the host into the backup store, checksummed", StepKind.CHANGE,
-             copy_off_host, copy_plan, timeout=3600, retries=2, safe_to_repeat=True),
-        Step(S_RECORD, "Record the backup: version, revision, keys, size, sha256", StepKind.CHANGE, record_metadata,
-             record_plan, timeout=60, safe_to_repeat=True),
-        Step(S_CLEAN, "Remove the backup files from the master", StepKind.CHANGE, clean_host, clean_plan,
-             timeout=COMMAND_TIMEOUT + 10, retries=2, safe_to_repeat=True),
+async def record_metadata(ctx: StepContext) -> StepResult:
+    store, catalogue = _store(ctx)
+    made = ctx.result(S_SCRIPT, ScriptOutput)
+    verified = ctx.result(S_VERIFY, VerifiedSnapshot)
+    copied = ctx.result(S_COPY, CopiedFiles)
+    backup_id = new_backup_id(run_id=ctx.run_id, at=made.started_at)
+    final = store.placement(cluster=ctx.cluster_name, backup_id=backup_id, encrypted=copied.encrypted)
+    files = []
+    for name, info in sorted(copied.files.items()):
+        where = final.snapshot_dir if info.role == "snapshot" else final.resources_dir
+        files.append(StoredFile(name=name, role=info.role, size=info.size, sha256=info.sha256, path=str(where / name)))
+    record = BackupRecord(
+        id=backup_id, cluster=ctx.cluster_name, version=ctx.result(S_PREREQS, Prerequisites).version,
+        revision=verified.revision, total_keys=verified.total_keys, snapshot_hash=verified.hash,
+        snapshot_size=verified.total_size, files=tuple(files), host=made.host, started_at=made.started_at,
+        finished_at=time.time(), run_id=ctx.run_id, requester=ctx.requester, verified=True,
+        encrypted=copied.encrypted, host_dir=made.dir,
     )
-    return Procedure(name=NAME, title=TITLE, chapter="1", steps=steps)
+    try:
+        placed = store.commit(record=record, encrypted=copied.encrypted)
+    except OSError as exc:
+        store.discard(run_id=ctx.run_id)
+        raise StepFailed(f"could not move the verified files into place: {exc}",
+                         next_action="Check the backup store, then start `/etcd-backup` again.") from exc
+    await catalogue.add(record)
+    where = f"{placed.snapshot_dir}" + (f" (static resources apart, in {placed.resources_dir})" if placed.apart else "")
+    return StepResult.of(f"backup `{backup_id}` of OpenShift {record.version}, revision {record.revision}: {where}",
+                         RecordedBackup(backup_id=backup_id, path=str(placed.snapshot_dir)))
+
+
+def _record_plan(ctx: StepContext) -> list[PlannedCommand]:
+    root = ctx.store.root if ctx.store is not None else "BACKUP-DIR"
+    keys_dir = ctx.store.keys if ctx.store is not None else "KEYS-DIR"
+    keys = f"; the tarball into {keys_dir} (etcd encryption is on)" if ctx.parameters.get("encrypted") == "yes" else ""
+    return [PlannedCommand("bot", f"metadata.json, rename into {root}/{ctx.cluster_name}/BACKUP-ID{keys}; "
+                                  "catalogue entry in Redis")]
+
+
+async def clean_host(ctx: StepContext) -> StepResult:
+    hosts = ctx.need_hosts()
+    made = ctx.result(S_SCRIPT, ScriptOutput)
+    result = await hosts.change(node=made.host, argv=clear_dir_command(made.dir), timeout=COMMAND_TIMEOUT)
+    if not result.ok:
+        raise StepFailed(f"could not remove {made.dir} on {made.host}: {_fail_text(result)}", retryable=True,
+                         next_action=f"The backup is stored and verified; remove {made.dir} on {made.host} by hand.")
+    return StepResult(summary=f"removed {made.dir} on {made.host}")
+
+
+def _clean_plan(ctx: StepContext) -> list[PlannedCommand]:
+    node = str(ctx.parameters.get("master") or "THE-MASTER")
+    return [PlannedCommand(f"ssh core@{node}", shell_command(clear_dir_command(_plan_dir(ctx))))]
+
+
+def _prereq_plan(_ctx: StepContext) -> list[PlannedCommand]:
+    return [PlannedCommand("api", "oc get clusterversion version -o json; oc get apiserver cluster -o json")]
+
+
+# Every step is safe to repeat (Resume after a crash mid-step): the script step clears its run
+# directory first, the copy step starts from an empty temporary directory, recording is
+# idempotent, and removing a removed directory is a no-op.
+STEPS: tuple[Step, ...] = (
+    Step(S_PREREQS, "Check the prerequisites: 24 h after installation, the cluster version, etcd encryption",
+         StepKind.READ, check_prerequisites, _prereq_plan, timeout=60, retries=2, safe_to_repeat=True),
+    Step(S_PICK, "Pick one master with a running, healthy etcd member", StepKind.READ, pick_master, _pick_plan,
+         timeout=90, retries=1, safe_to_repeat=True),
+    Step(S_SCRIPT, "Run cluster-backup.sh /home/core/assets/backup on that master", StepKind.CHANGE,
+         run_backup_script, _script_plan, timeout=SCRIPT_TIMEOUT * 3 + 60, safe_to_repeat=True),
+    Step(S_VERIFY, "Verify the snapshot (etcdctl snapshot status, sha256sum)", StepKind.READ, verify_snapshot,
+         _verify_plan, timeout=SCRIPT_TIMEOUT + 30, retries=1, safe_to_repeat=True),
+    Step(S_COPY, "Copy both files off the host into the backup store, checksummed", StepKind.CHANGE,
+         copy_off_host, _copy_plan, timeout=3600, retries=2, safe_to_repeat=True),
+    Step(S_RECORD, "Record the backup: version, revision, keys, size, sha256", StepKind.CHANGE, record_metadata,
+         _record_plan, timeout=60, safe_to_repeat=True),
+    Step(S_CLEAN, "Remove the backup files from the master", StepKind.CHANGE, clean_host, _clean_plan,
+         timeout=COMMAND_TIMEOUT + 10, retries=2, safe_to_repeat=True),
+)
+
+
+def build(_parameters: Mapping[str, Any] | None = None) -> Procedure:
+    """The chapter 1 procedure. It takes no parameters: the store and catalogue come with the
+    step context, the master is picked by a step."""
+    return Procedure(name=NAME, title=TITLE, chapter="1", steps=STEPS, admission=admission, preview=preview)
+
+
+register(NAME, build, title=TITLE, command="/etcd-backup",
+         summary="take an etcd backup from one healthy master (Ch.1)")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server ssh:openssh-client \
+for pair in etcd:etcd-server etcdctl:etcd-client redis-server:redis-server ssh:openssh-client /usr/lib/openssh/sftp-server:openssh-sftp-server \
             unshare:util-linux /usr/bin/python3:python3 npm:npm unzip:unzip; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -8,15 +8,21 @@ resources alike.
 
 `exec` gets its own ApiClient per call: `kubernetes.stream.stream` swaps the client's
 transport while it runs, which would leak into concurrent calls sharing one client.
+
+Write verbs (patch, create, delete, CSR approve) exist for the procedures that change the
+cluster. Each calls the fence it was bound to first (`with_fence`, done for every step by its
+`StepContext`): a run that no longer holds its cluster's lock cannot write. A client that was
+never bound (the one `/etcd-status` reads with) refuses every write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,80 @@ CLUSTER_VERSIONS = ("config.openshift.io", "v1", "clusterversions")
 PROXIES = ("config.openshift.io", "v1", "proxies")
 APISERVERS = ("config.openshift.io", "v1", "apiservers")
 CLUSTER_OPERATORS = ("config.openshift.io", "v1", "clusteroperators")
+
+Fence = Callable[[], Awaitable[None]]
+PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
+               "strategic": "application/strategic-merge-patch+json"}
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object, as its REST path names it: group ("" for core), version, plural."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    def path(self, *, namespace: str = "", name: str = "", sub: str = "") -> str:
+        for part in (namespace, name):
+            if part and not NAME_RE.fullmatch(part):
+                raise ValueError(f"{part!r} is not an object name")
+        if self.namespaced and not namespace:
+            raise ValueError(f"{self.plural} are namespaced: name the namespace")
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+NODE = Resource("", "v1", "nodes", namespaced=False)
+POD = Resource("", "v1", "pods", namespaced=True)
+SECRET = Resource("", "v1", "secrets", namespaced=True)
+CSR = Resource("certificates.k8s.io", "v1", "certificatesigningrequests", namespaced=False)
+ETCD = Resource(*ETCDS, namespaced=False)
+MACHINE = Resource(*MACHINES, namespaced=True)
+CLUSTER_OPERATOR = Resource(*CLUSTER_OPERATORS, namespaced=False)
+KUBE_APISERVER = Resource("operator.openshift.io", "v1", "kubeapiservers", namespaced=False)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One status condition of an operator (`type`, `status` "True"/"False"/"Unknown", why)."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def true(self) -> bool:
+        return self.status == "True"
+
+
+def parse_conditions(obj: Mapping[str, Any]) -> tuple[Condition, ...]:
+    return tuple(
+        Condition(type=str(c.get("type", "")), status=str(c.get("status", "")), reason=str(c.get("reason") or ""),
+                  message=str(c.get("message") or ""))
+        for c in ((obj.get("status") or {}).get("conditions") or ())
+        if isinstance(c, Mapping)
+    )
+
+
+def csr_pending(csr: Mapping[str, Any]) -> bool:
+    """A CSR with neither an Approved nor a Denied condition (what `oc get csr` shows as Pending)."""
+    kinds = {c.type for c in parse_conditions(csr)}
+    return not kinds & {"Approved", "Denied"}
+
+
+class UnfencedWrite(RuntimeError):
+    """A write through a client no run's fence was bound to: a bug, refused before it acts."""
 
 
 class KubeError(Exception):
@@ -89,6 +169,39 @@ class KubeClient:
         self._kubeconfig = kubeconfig
         self._timeout = timeout
         self._api = self._new_api_client()
+        self._fence: Fence | None = None
+
+    def with_fence(self, fence: Fence) -> KubeClient:
+        """This client (same connection pool) whose write verbs call `fence` before acting."""
+        bound = copy.copy(self)
+        bound._fence = fence
+        return bound
+
+    async def _guard(self, verb: str) -> None:
+        if self._fence is None:
+            raise UnfencedWrite(f"{verb}: a write needs a run's fence (use ctx.kube in a step)")
+        await self._fence()
+
+    async def _request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+                       query: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        """One REST call as JSON: the generic path for reads and writes of any kind."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+
+        def call() -> dict[str, Any]:
+            try:
+                serialized = self._api.param_serialize(
+                    method=method, resource_path=path, query_params=list(query), header_params=headers, body=body,
+                    auth_settings=["BearerToken"],
+                )
+                response = self._api.call_api(*serialized, _request_timeout=self._timeout)
+                data = response.read()
+                if not 200 <= response.status < 300:
+                    raise ApiException(status=response.status, reason=response.reason, body=data)
+            except Exception as exc:
+                raise _describe(exc) from exc
+            return json.loads(data) if data else {}
+
+        return await asyncio.wait_for(asyncio.to_thread(call), timeout=self._timeout + 2)
 
     def _new_api_client(self) -> k8s.ApiClient:
         api = k8s_config.new_client_from_config(config_file=str(self._kubeconfig))
@@ -160,6 +273,77 @@ class KubeClient:
         """Secret objects WITHOUT their data: callers need names, and values must never reach a log."""
         items = (await self._core_json("list_namespaced_secret", namespace)).get("items", [])
         return [{k: v for k, v in item.items() if k not in ("data", "stringData")} for item in items]
+
+    # ---- any kind, by Resource ----
+
+    async def get_object(self, resource: Resource, name: str, *, namespace: str = "") -> dict[str, Any]:
+        return await self._request("GET", resource.path(namespace=namespace, name=name))
+
+    async def list_objects(self, resource: Resource, *, namespace: str = "", label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return (await self._request("GET", resource.path(namespace=namespace), query=query)).get("items", [])
+
+    async def nodes_by_role(self, role: str) -> list[dict[str, Any]]:
+        """`oc get nodes -l node-role.kubernetes.io/<role>` (master, worker, infra...)."""
+        if not re.fullmatch(r"[a-z0-9-]{1,63}", role):
+            raise ValueError(f"{role!r} is not a node role")
+        return await self.list_objects(NODE, label_selector=f"node-role.kubernetes.io/{role}")
+
+    async def operator_conditions(self, name: str) -> tuple[Condition, ...]:
+        """`oc get clusteroperator <name>`'s conditions (Available, Progressing, Degraded...)."""
+        return parse_conditions(await self.get_object(CLUSTER_OPERATOR, name))
+
+    async def etcd_conditions(self) -> tuple[Condition, ...]:
+        """`etcd/cluster`'s conditions (EtcdMembersAvailable, NodeInstallerProgressing...)."""
+        return parse_conditions(await self.get_etcd())
+
+    async def list_csrs(self, *, pending_only: bool = False) -> list[dict[str, Any]]:
+        """`oc get csr` (pending only: neither approved nor denied)."""
+        items = await self.list_objects(CSR)
+        return [c for c in items if csr_pending(c)] if pending_only else items
+
+    # ---- writes (each calls the fence first) ----
+
+    async def patch(self, resource: Resource, name: str, patch: Any, *, namespace: str = "",
+                    patch_type: str = "merge", sub: str = "") -> dict[str, Any]:
+        """`oc patch <kind> <name> --type=<merge|json|strategic> -p '<patch>'`."""
+        if patch_type not in PATCH_TYPES:
+            raise ValueError(f"patch type {patch_type!r}: use one of {', '.join(PATCH_TYPES)}")
+        path = resource.path(namespace=namespace, name=name, sub=sub)
+        await self._guard(f"patch {resource.plural}/{name}")
+        return await self._request("PATCH", path, body=patch, content_type=PATCH_TYPES[patch_type])
+
+    async def create(self, resource: Resource, body: Mapping[str, Any], *, namespace: str = "") -> dict[str, Any]:
+        """`oc create -f` of one object."""
+        path = resource.path(namespace=namespace)
+        await self._guard(f"create {resource.plural}")
+        return await self._request("POST", path, body=dict(body))
+
+    async def delete(self, resource: Resource, name: str, *, namespace: str = "") -> dict[str, Any]:
+        """`oc delete <kind> <name>`; an object already gone is not an error (the step may be repeated)."""
+        path = resource.path(namespace=namespace, name=name)
+        await self._guard(f"delete {resource.plural}/{name}")
+        try:
+            return await self._request("DELETE", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
+    async def approve_csr(self, name: str, *, reason: str = "EtcdbotApprove",
+                          message: str = "Approved by etcdbot") -> dict[str, Any]:
+        """`oc adm certificate approve <name>`: an Approved condition, PUT to the approval subresource."""
+        path = CSR.path(name=name, sub="approval")
+        await self._guard(f"approve csr/{name}")
+        csr = await self.get_object(CSR, name)
+        if any(c.type == "Approved" for c in parse_conditions(csr)):
+            return csr
+        status = dict(csr.get("status") or {})
+        status["conditions"] = [*(status.get("conditions") or []), {
+            "type": "Approved", "status": "True", "reason": reason, "message": message,
+            "lastUpdateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }]
+        return await self._request("PUT", path, body={**csr, "status": status})
 
     # ---- exec ----
 

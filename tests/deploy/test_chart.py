@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "http-mode": {"slack": {"mode": "http"}, "route": {"enabled": True, "host": "etcdbot.apps.example.com"}},
     "two-replicas": {"replicaCount": 2, "backups": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
     "openshift": {"openshift": True},
+    "redis-password": {"redis": {"auth": {"password": REDIS_PASSWORD}}},
     "full": {
         "secrets": FAKE,
         "slack": {"mode": "socket", "apiUrl": "http://slack.lab:4000/api/"},
@@ -52,7 +53,7 @@ ALL_SETTINGS = {
     "ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLACK_SIGNING_SECRET", "ETCDBOT_SLACK_API_URL",
     "ETCDBOT_SLACK_MODE", "ETCDBOT_HTTP_PORT", "ETCDBOT_HEALTH_PORT", "ETCDBOT_REDIS_URL", "ETCDBOT_BACKUP_DIR",
     "ETCDBOT_LOG_LEVEL", "ETCDBOT_ALLOWED_USERS", "ETCDBOT_ALLOWED_USERGROUP", "ETCDBOT_APPROVER_USERGROUP",
-    "ETCDBOT_CLUSTERS", "ETCDBOT_BACKUP_SCHEDULE",
+    "ETCDBOT_CLUSTERS", "ETCDBOT_BACKUP_SCHEDULE", "ETCDBOT_REDIS_PASSWORD",
 }
 SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLACK_SIGNING_SECRET"}
 
@@ -203,6 +204,8 @@ def test_secret_holds_the_secret_values(rendered: dict[str, list[dict[str, Any]]
 
     data = one(rendered["full"], "Secret", "etcdbot")["data"]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    generated = decoded.pop("redis-password")
+    assert len(generated) == 32 and generated.isalnum(), "the bundled Redis gets a random password by default"
     assert decoded == {
         "slack-bot-token": FAKE["slackBotToken"],
         "slack-app-token": FAKE["slackAppToken"],
@@ -412,6 +415,48 @@ def test_bundled_redis(rendered: dict[str, list[dict[str, Any]]]) -> None:
     allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed == bot_deployment(docs)["spec"]["selector"]["matchLabels"]
     assert configmap_data(docs)["ETCDBOT_REDIS_URL"] == "redis://etcdbot-redis:6379/0"
+
+
+def redis_password_of(docs: list[dict[str, Any]]) -> str:
+    import base64
+
+    return base64.b64decode(one(docs, "Secret", "etcdbot")["data"]["redis-password"]).decode()
+
+
+@pytest.mark.parametrize("variant", ["default", "existing-secret", "redis-password"])
+def test_bundled_redis_requires_a_password_from_the_secret(rendered: dict[str, list[dict[str, Any]]],
+                                                           variant: str) -> None:
+    docs = rendered[variant]
+    secret = VARIANTS[variant].get("existingSecret") or "etcdbot"
+    (redis,) = one(docs, "Deployment", "etcdbot-redis")["spec"]["template"]["spec"]["containers"]
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)", args
+    env = {e["name"]: e for e in redis["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "redis-password"}
+    probe = " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "REDISCLI_AUTH" in probe and "redis-cli ping" in probe
+    bot_env = {e["name"]: e for e in bot_container(docs)["env"]}
+    assert bot_env["ETCDBOT_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "redis-password"}
+    if variant == "redis-password":
+        assert redis_password_of(docs) == REDIS_PASSWORD
+    elif variant == "default":
+        password = redis_password_of(docs)
+        assert len(password) == 32
+        for value in configmap_data(docs).values():
+            assert password not in value
+
+
+def test_the_defaults_are_closed(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """With the chart's defaults nobody may run a command until access.* allows someone."""
+    from bot.auth import Authorizer
+
+    data = configmap_data(rendered["default"])
+    authorizer = Authorizer(allowed_users=json.loads(data["ETCDBOT_ALLOWED_USERS"]),
+                            allowed_usergroup=data.get("ETCDBOT_ALLOWED_USERGROUP"))
+    assert authorizer.closed
+    opened = configmap_data(rendered["full"])
+    assert not Authorizer(allowed_users=json.loads(opened["ETCDBOT_ALLOWED_USERS"]),
+                          allowed_usergroup=opened.get("ETCDBOT_ALLOWED_USERGROUP")).closed
 
 
 def test_external_redis(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.hosts import HOSTFILES_DIR, create_host_root, host_argv, kill_group, run_in_host, spawn_in_host
+from lab.hosts import CORE, HOSTFILES_DIR, create_host_root, host_argv, kill_group, run_in_host, spawn_in_host
 
 
 def _mounts() -> list[str]:
@@ -75,7 +75,7 @@ async def test_paths_map_to_the_host_root(host: Path) -> None:
 async def test_clean_env_hostname_cwd_stdin(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAB_LEAK_CHECK", "1")
     rc, out, _ = await run_in_host(host, ["bash", "-c", "hostname; pwd; env | sort; cat"],
-                                   env={"FOO": "bar"}, stdin=b"from-stdin", cwd="/home/core")
+                                   env={"FOO": "bar"}, stdin=b"from-stdin", cwd="/home/core", user=CORE)
     lines = out.decode().splitlines()
     assert rc == 0 and lines[0] == "master-0" and lines[1] == "/home/core"
     env = dict(ln.split("=", 1) for ln in lines[2:-1] if "=" in ln)

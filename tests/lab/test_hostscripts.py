@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab.hosts import create_host_root, kill_group, run_in_host, spawn_in_host
+from lab.hosts import CORE, create_host_root, kill_group, run_in_host, spawn_in_host
 
 NODE = "master-0"
 CERTS = "/etc/kubernetes/static-pod-certs"
@@ -139,7 +139,8 @@ class Master:
         return out.decode()
 
     async def sh(self, command: str, **env: str) -> tuple[int, str, str]:
-        rc, out, err = await run_in_host(self.root, ["bash", "-c", command], env=env, timeout=120)
+        """A command as user core, as over SSH (sudo where the document says sudo)."""
+        rc, out, err = await run_in_host(self.root, ["bash", "-c", command], env=env, timeout=120, user=CORE)
         return rc, out.decode(), err.decode()
 
 

@@ -22,7 +22,7 @@ def test_backup_change_restore(lab: Lab) -> None:
     lab.kubectl("create", "configmap", "made-after-backup", "-n", "demo", "--from-literal=a=b")
     lab.kubectl("delete", "configmap", "payments-config", "-n", "demo")
 
-    lab.ssh(recovery, "cp -r /home/core/assets/backup /home/core/backup")
+    lab.ssh(recovery, "sudo cp -r /home/core/assets/backup /home/core/backup")  # root's 0600 files
     lab.restore_by_hand(recovery=recovery)
     configmaps = lab.kubectl("get", "configmaps", "-n", "demo").stdout
     assert "payments-config" in configmaps and "made-after-backup" not in configmaps

@@ -17,10 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bot.config import Settings, load_settings
-from bot.procedure import Procedure, RunId
+from bot.procedure import Admission, Procedure, RunId
 from bot.runner import Busy
 from bot.scheduler import BackupScheduler, claim_fire
-from procedures.backup import Preflight
+from procedures.backup import age_refusal
 
 
 async def test_one_claim_per_fire(rds: aioredis.Redis) -> None:
@@ -35,16 +35,18 @@ async def test_one_claim_per_fire(rds: aioredis.Redis) -> None:
 
 @dataclass
 class Recorder:
-    """Stands in for the runner, the cluster's API and the Slack sender of one replica."""
+    """Stands in for the runner (with the backup's 24 h admission), the cluster's API and the Slack
+    sender of one replica."""
 
     installed: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(hours=48))
     starts: list[dict[str, Any]] = field(default_factory=list)
     posts: list[str] = field(default_factory=list)
 
-    async def backup_preflight(self, name: str) -> Preflight:
-        return Preflight(version="4.5.2", installed_at=self.installed, encrypted=False, proxy_on=False)
-
-    async def start(self, procedure: Procedure, **kwargs: Any) -> Busy:
+    async def start(self, procedure: Procedure, *, overrides: frozenset[str] = frozenset(),
+                    **kwargs: Any) -> Busy | Admission:
+        refusal = age_refusal(cluster=kwargs["cluster"], installed=self.installed, now=datetime.now(UTC))
+        if refusal is not None:
+            return refusal
         self.starts.append(kwargs)
         return Busy(cluster=kwargs["cluster"], run_id=RunId("feedbeef"), procedure="Backing up etcd data",
                     requester="U0ALICE01")

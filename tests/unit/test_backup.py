@@ -11,7 +11,8 @@ import pytest
 
 from bot.backups import BackupRecord, BackupStore, StoredFile, StoreError, new_backup_id, placement
 from bot.procedure import StepFailed
-from handlers.backup import render_catalogue, young_text
+from handlers.backup import render_catalogue
+from handlers.procedures import refusal_text
 from procedures import backup as ch1
 from procedures.facts import ClusterFacts, MemberFacts, NodeFacts
 
@@ -39,8 +40,11 @@ def test_24_hours() -> None:
     assert ch1.too_young(installed=T0, now=datetime(2026, 11, 26, 8, 43, 21, tzinfo=UTC))
     assert not ch1.too_young(installed=T0, now=datetime(2026, 11, 26, 8, 43, 22, tzinfo=UTC))
     assert not ch1.too_young(installed=None, now=T0)
-    text = young_text(cluster="prod", installed=T0, possible=ch1.possible_at(T0))
-    assert "2026-11-26 08:43 UTC" in text and "/etcd-backup prod" in text
+    refusal = ch1.age_refusal(cluster="prod", installed=T0, now=datetime(2026, 11, 26, 8, 0, tzinfo=UTC))
+    assert refusal is not None and refusal.until == ch1.possible_at(T0).timestamp()
+    text = refusal_text(refusal)
+    assert "2026-11-26 08:43 UTC" in text and "/etcd-backup prod" in text and "possible from" in text
+    assert ch1.age_refusal(cluster="prod", installed=T0, now=datetime(2026, 11, 26, 8, 44, tzinfo=UTC)) is None
 
 
 @pytest.mark.parametrize(("hhmm", "window", "tz", "peak"), [

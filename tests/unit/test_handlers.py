@@ -195,8 +195,25 @@ async def test_middleware_refuses_a_user_outside_the_group():
     assert nexts == [True]
 
 
-async def test_authorizer_listed_user_and_open_default():
+async def test_authorizer_listed_user_and_closed_default():
     listed = Authorizer(allowed_users=("U0BOB1",), allowed_usergroup=None)
     assert (await listed.check(client=FakeClient(), user_id="U0BOB1")).allowed
     assert not (await listed.check(client=FakeClient(), user_id="U0EVE1")).allowed
-    assert (await Authorizer(allowed_users=(), allowed_usergroup=None).check(client=FakeClient(), user_id="U1")).allowed
+    closed = await Authorizer(allowed_users=(), allowed_usergroup=None).check(client=FakeClient(), user_id="U1")
+    assert not closed.allowed
+    assert "ETCDBOT_ALLOWED_USERS" in closed.reason and "ETCDBOT_ALLOWED_USERGROUP" in closed.reason
+
+
+async def test_a_closed_bot_refuses_every_command_naming_the_setting():
+    middleware = authorization_middleware(Authorizer(allowed_users=(), allowed_usergroup=None))
+    nexts: list[bool] = []
+
+    async def next_():
+        nexts.append(True)
+
+    for text in ("/etcd-status", "/etcd-backup", "/etcd-runs"):
+        ack = Recorder()
+        await middleware(ack=ack, command={**command(user="U0ALICE1"), "command": text}, client=FakeClient(), next=next_)
+        assert f"You may not run `{text}`" in ack.calls[0]["text"]
+        assert "ETCDBOT_ALLOWED_USERS" in ack.calls[0]["text"] and ack.calls[0]["response_type"] == "ephemeral"
+    assert nexts == []

@@ -56,6 +56,21 @@ app.kubernetes.io/component: redis
 {{- default (include "etcdbot.fullname" .) .Values.existingSecret -}}
 {{- end -}}
 
+{{/* The bundled Redis's password: the value given, else the one an earlier install stored (so an
+upgrade does not lock the bot out of its own Redis), else a new random one. */}}
+{{- define "etcdbot.redisPassword" -}}
+{{- if .Values.redis.auth.password -}}
+{{- .Values.redis.auth.password -}}
+{{- else -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "etcdbot.fullname" .) -}}
+{{- if and $found $found.data (index $found.data "redis-password") -}}
+{{- index $found.data "redis-password" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "etcdbot.redisUrl" -}}
 {{- printf "redis://%s-redis:6379/0" (include "etcdbot.fullname" .) -}}
 {{- end -}}
