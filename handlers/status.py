@@ -34,7 +34,7 @@ from handlers.common import (
     parse_for_cluster,
 )
 from procedures.diagnosis import Diagnosis, State
-from procedures.facts import ClusterFacts, SourceState
+from procedures.facts import ClusterFacts, ContainerLog, SourceState
 
 log = get_logger("etcdbot.status")
 
@@ -73,6 +73,16 @@ def _section(title: str, body: str) -> SectionBlock:
     return SectionBlock(text=MarkdownTextObject(text=f"*{title}*\n{body}"[:SECTION_LIMIT]))
 
 
+def _log_body(found: ContainerLog) -> str:
+    if found.error:
+        return f"_could not read it: {escape(found.error)}_"
+    reason = f"*{escape(found.reason)}*\n" if found.reason else ""
+    lines = "\n".join(found.lines)
+    if len(lines) > SECTION_LIMIT - 400:
+        lines = "…" + lines[-(SECTION_LIMIT - 400):]
+    return f"{reason}```\n{escape(lines)}\n```"
+
+
 def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
     """The status message as Block Kit blocks (pure: tested on ClusterFacts values)."""
     icon = STATE_ICON.get(diagnosis.state, ":red_circle:")
@@ -86,6 +96,8 @@ def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
     ]
     if diagnosis.next_command:
         blocks.append(_section("Next", f"`{escape(diagnosis.next_command)}`"))
+    for found in facts.logs[:3]:
+        blocks.append(_section(f"Why etcd on {found.node} fails ({escape(found.source)})", _log_body(found)))
     blocks.append(DividerBlock())
     message = facts.members_available_message
     blocks.append(_section("EtcdMembersAvailable", escape(message) if message else "_not read (API unavailable)_"
