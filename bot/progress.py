@@ -163,17 +163,16 @@ def _outcome_blocks(run: Run) -> list[Block]:
             )
     if run.error:
         lines.append(f"*What went wrong:* {run.error}")
-    if run.next_action:
-        lines.append(f"*What to do next:* {run.next_action}")
+    # What to do next gets a section of its own: a restore stopped half way says it per host.
+    after = [f"*What to do next:* {run.next_action}"] if run.next_action else []
     if run.state in (RunState.FAILED, RunState.ABORTED):
         if run.ended_by:
-            lines.append(f"Stopped by <@{run.ended_by}>.")
+            after.append(f"Stopped by <@{run.ended_by}>.")
         done = ", ".join(r.title for r in run.done_steps()) or "nothing"
         not_done = ", ".join(r.title for r in run.not_done_steps()) or "nothing"
-        lines.append(f"*Done:* {done}\n*Not done:* {not_done}")
-    if not lines:
-        return []
-    return [SectionBlock(text=MarkdownTextObject(text=_clip("\n".join(lines), SECTION_LIMIT)))]
+        after.append(f"*Done:* {done}\n*Not done:* {not_done}")
+    return [SectionBlock(text=MarkdownTextObject(text=_clip("\n".join(part), SECTION_LIMIT)))
+            for part in (lines, after) if part]
 
 
 def _button(*, text: str, action_id: str, value: str, style: str | None = None, confirm: str = "") -> ButtonElement:

@@ -467,6 +467,9 @@ class Runner:
                 if isinstance(outcome, _AskAgain):
                     grant, note = None, outcome.reason
                     continue  # the same step, under a new approval
+                if outcome is not None and outcome.state is RunState.INTERRUPTED:
+                    await self._hold(run, outcome)
+                    return
                 if outcome is not None:
                     await self._finish(run, outcome)
                     return
@@ -709,6 +712,9 @@ class Runner:
             if record.output:
                 self._post_output(run, record)
             return run, None
+        if record.state is StepState.INTERRUPTED:  # StepFailed(hold=True): stop here, keep the lock
+            return run, _Stop(RunState.INTERRUPTED, error=f"*{step.title}* failed: {record.error}",
+                              next_action=record.next_action)
         return run, _Stop(RunState.FAILED, error=f"*{step.title}* failed: {record.error}", next_action=record.next_action)
 
     async def _before_destructive(
@@ -752,6 +758,8 @@ class Runner:
                 raise
             except StepFailed as exc:
                 error, next_action, retryable = exc.message, exc.next_action, exc.retryable
+                if exc.hold:  # the cluster is half way: no retry on its own, a person decides
+                    return replace(record, state=StepState.INTERRUPTED, error=error, next_action=next_action)
             except TimeoutError:
                 error = f"timed out after {step.timeout:g} s"
                 next_action = (
@@ -819,6 +827,29 @@ class Runner:
         return final
 
     # -- a lost lock ---------------------------------------------------------------------------
+    async def _hold(self, run: Run, stop: _Stop) -> Run:
+        """A step failed half way through changing the cluster (`StepFailed(hold=True)`): the run
+        stops INTERRUPTED and KEEPS its lock (still renewed), so nothing else starts on a cluster
+        in that state; its message says per host where things are. Resume repeats the step (a
+        destructive one under a fresh approval); Abort releases the lock."""
+        held = run.with_state(RunState.INTERRUPTED, now=time.time(), error=stop.error, next_action=stop.next_action)
+        held = await self._commit(run, held)
+        live = self._live.get(run.id)
+        if live is not None:
+            live.task = None
+        await self.audit.record(
+            cluster=run.cluster, event="run.held", actor=run.requester, run_id=run.id, state=held.state.value,
+            error=stop.error, next_action=stop.next_action,
+            step=held.current_step.step_id if held.current_step else "",
+        )
+        self._show(held)
+        if held.message_ts:
+            try:
+                await self.sender.flush(channel=held.channel, ts=held.message_ts, timeout=self.policy.flush_timeout)
+            except TimeoutError:
+                log.error("runner.held_message_late", run_id=held.id)
+        return held
+
     async def _lost(self, run: Run, exc: LockLost) -> None:
         """The run lost its lock (renewal refused, Redis silent too long, or its fencing token is
         stale): the step in flight was cancelled. If the run is still this instance's, it ends
