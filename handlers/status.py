@@ -137,7 +137,10 @@ def fallback_text(facts: ClusterFacts, diagnosis: Diagnosis) -> str:
     return f"etcd on {facts.cluster}: {diagnosis.summary}"[:3000]
 
 
-def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awaitable[None]]:
+def make_handler(*, settings: Settings, clusters: Clusters,
+                 note: Callable[[str], Awaitable[str | None]] | None = None) -> Callable[..., Awaitable[None]]:
+    """`note(cluster)`: a line added below the diagnosis (the backup-age warning of bot/watch.py)."""
+
     async def handle_status(ack: Callable[..., Awaitable[Any]], command: dict[str, Any], client: Any,
                             respond: Callable[..., Awaitable[Any]]) -> None:
         found = await parse_for_cluster(ack=ack, command=command, spec=SPEC, settings=settings)
@@ -148,6 +151,9 @@ def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awa
         log.info("status.start", cluster=cluster, **command_context(command))
         report: StatusReport = await clusters.status(cluster)
         blocks = render_status(report.facts, report.diagnosis)
+        extra = await note(cluster) if note is not None else None
+        if extra:
+            blocks.insert(3, SectionBlock(text=MarkdownTextObject(text=f":warning: *Backups:* {escape(extra)}")))
         text = fallback_text(report.facts, report.diagnosis)
         log.info("status.done", cluster=cluster, state=report.diagnosis.state.value,
                  sources={s.name: s.state.value for s in report.facts.sources})
