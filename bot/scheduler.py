@@ -220,9 +220,6 @@ class BackupScheduler:
             catch_up = fire_time(trigger, now=now)
             claimed = catch_up is not None and await claim_fire(self.redis, cluster=cluster_name, fired=catch_up,
                                                                 prefix=self.prefix)
-            if catch_up is not None and not claimed and catch_up in missed:
-                missed.remove(catch_up)  # another replica acted on it: not missed
-                total -= 1
             if missed:
                 metrics.scheduled_backup(cluster=cluster_name, outcome="missed")
                 key = f"{self.prefix}:schedule:{cluster_name}:missed:{int(missed[0].timestamp())}"
@@ -231,7 +228,7 @@ class BackupScheduler:
                     log.warning("schedule.missed", cluster=cluster_name, fires=total, first=missed[0].isoformat(),
                                 last=missed[-1].isoformat())
                     await self.notifier.post(cluster, missed_line(
-                        cluster=cluster_name, fires=missed, total=total, catch_up=bool(claimed),
+                        cluster=cluster_name, fires=missed, total=total, catch_up=catch_up is not None,
                         mention=await self.notifier.mention(cluster)))
             newest = max([*missed, *([catch_up] if catch_up else [])], default=now)
             await mark_fire(self.redis, cluster=cluster_name, fired=newest, prefix=self.prefix)

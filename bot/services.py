@@ -142,21 +142,11 @@ class Services:
                                                             mention=await self.notifier.mention(cluster)))
 
     async def backup_deleted(self, record: BackupRecord, why: str, actor: str, run_id: str) -> None:
-        await self.runner.audit.record(
-            cluster=record.cluster, event="backup.deleted", actor=actor or "retention", run_id=run_id,
-            backup=record.id, reason=why, version=record.version, finished_at=record.finished_at,
-            size=record.size, drilled="yes" if record.drilled else "no",
-        )
+        await audit_deletion(self.runner.audit, record=record, why=why, actor=actor, run_id=run_id)
 
     async def backups_in_use(self, cluster: str) -> frozenset[str]:
-        """Backup ids named by the parameters of the cluster's live runs (a restore's, a verify's)."""
-        store = RunStore(redis=self.redis)
-        used = set()
-        for run in await store.load_many(await store.live_run_ids()):
-            if run.cluster != cluster or run.state.finished:
-                continue
-            used |= {str(v) for v in run.parameters.values() if isinstance(v, str) and BACKUP_ID_RE.fullmatch(v)}
-        return frozenset(used)
+        return await backups_in_use(RunStore(redis=self.redis), cluster=cluster)
+
 
     async def _recover(self) -> None:
         try:
@@ -184,6 +174,25 @@ class Services:
         await self.redis.aclose()
         if self.client.session is not None:
             await self.client.session.close()
+
+
+async def audit_deletion(audit: Audit, *, record: BackupRecord, why: str, actor: str, run_id: str) -> None:
+    """One audit entry per deleted backup: which, why, by whom, in which run."""
+    await audit.record(
+        cluster=record.cluster, event="backup.deleted", actor=actor or "retention", run_id=run_id,
+        backup=record.id, reason=why, version=record.version, finished_at=record.finished_at,
+        size=record.size, drilled="yes" if record.drilled else "no",
+    )
+
+
+async def backups_in_use(runs: RunStore, *, cluster: str) -> frozenset[str]:
+    """Backup ids named by the parameters of the cluster's live runs (a restore's, a verify's)."""
+    used: set[str] = set()
+    for run in await runs.load_many(await runs.live_run_ids()):
+        if run.cluster != cluster or run.state.finished:
+            continue
+        used |= {str(v) for v in run.parameters.values() if isinstance(v, str) and BACKUP_ID_RE.fullmatch(v)}
+    return frozenset(used)
 
 
 def build_services(settings: Settings, *, clusters: Clusters) -> Services:

@@ -10,7 +10,15 @@ from datetime import UTC, datetime, time
 
 import pytest
 
-from bot.backups import BackupRecord, BackupStore, DrillOutcome, StoredFile, StoreError, new_backup_id, placement
+from bot.backups import (
+    BackupRecord,
+    BackupStore,
+    DrillOutcome,
+    StoredFile,
+    StoreError,
+    new_backup_id,
+    placement,
+)
 from bot.procedure import StepFailed
 from handlers.backup import render_catalogue
 from handlers.procedures import refusal_text
