@@ -34,6 +34,7 @@ from tests.e2e.backup_support import (
     wait_step_running,
     workspace,
 )
+from tests.lab.etcd_fixture import free_port
 from tests.labfixture import Lab, wait_for
 
 ONCALL = "S0APPROVERS"  # the lab workspace's user group
@@ -69,6 +70,7 @@ def bot(lab: Lab, name: str, *, lab_schedule: str, ops_schedule: str) -> NamedBo
         "ETCDBOT_CLUSTERS": clusters(lab, lab_schedule=lab_schedule, ops_schedule=ops_schedule),
         "ETCDBOT_ONCALL_USERGROUP": ONCALL, "ETCDBOT_BACKUP_COPY_RATE": COPY_RATE,
         "ETCDBOT_DRILL_DIR": str(lab.dir / f"drill-{name}"),
+        "ETCDBOT_HEALTH_PORT": str(free_port()),  # several bots on one machine: one /healthz port each
     })
 
 
