@@ -150,8 +150,10 @@ def test_a_bot_down_across_three_fires_says_so_once_at_start(lab: Lab, ops_bot: 
         notice = wait_for(lambda: [m["text"] for m in messages(lab, since=since, channel="ops")
                                    if "did not run while the bot was down" in m["text"]],
                           timeout=60, what="the missed-fires message")
-        wait_for(lambda: successes(lab, since=since, cluster="lab-ops", channel="ops"), timeout=120,
-                 what="the catch-up backup of lab-ops", interval=1.0)
+        ended = wait_for(lambda: [m["text"] for m in messages(lab, since=since, channel="ops")
+                                  if SUCCESS.match(m["text"]) or m["text"].startswith(":x:")],
+                         timeout=180, what="the end of lab-ops's catch-up backup", interval=1.0)
+        assert SUCCESS.match(ended[0]), ended
     finally:
         ops_bot.stop()
     (text,) = notice
