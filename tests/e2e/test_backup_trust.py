@@ -203,8 +203,8 @@ def _lab_upgrades() -> bool:
 def test_an_upgrade_gets_exactly_one_backup_of_the_new_version(lab: Lab, bot: BotProcess) -> None:
     since = command(lab, "/etcd-runs")  # a cursor
     lab.cli("upgrade", "--to", "4.5.3", "--wait", timeout=300)
-    new = wait_for(lambda: {k: m for k, m in stored_backups(lab).items() if m["version"] == "4.5.3"},
-                   timeout=120, what="a backup of 4.5.3", interval=1.0)
+    new = wait_for(lambda: {k: m for k, m in stored_backups(lab).items() if m["version"] == "4.5.3" and m["drill"]},
+                   timeout=150, what="a drilled backup of 4.5.3", interval=1.0)
     (backup_id, meta), = new.items()
     assert meta["requester"] == "upgrade" and meta["drill"]["ok"]
     note = next(m["text"] for m in seen(lab, since=since) if "is now OpenShift 4.5.3" in m["text"])
