@@ -12,7 +12,8 @@ Why a loop of its own (every `ETCDBOT_WATCH_INTERVAL` seconds, per cluster):
 - "No drilled backup younger than max_backup_age" (a cluster's own, ETCDBOT_MAX_BACKUP_AGE, or
   derived from its schedule) is posted at most once a day (a claim with a day's TTL), and
   `/etcd-status` shows it whenever it holds (`status_note`). A cluster the watch first saw
-  recently has until max_backup_age after that to get its first drilled backup.
+  recently has until max_backup_age after that to get its first drilled backup. The line for
+  `/etcd-status` is the last round's (a status never waits on the catalogue).
 
 Not here: the schedule itself (bot/scheduler.py), the drill (bot/drill.py via the backup procedure).
 """
@@ -65,6 +66,7 @@ class BackupWatch:
     prefix: str = "etcdbot"
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _follows: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _notes: dict[str, str | None] = field(default_factory=dict, repr=False)  # cluster -> /etcd-status line
 
     def start(self) -> None:
         if self._task is None:
@@ -117,20 +119,14 @@ class BackupWatch:
         return stale_text(cluster=cluster.name, newest=newest, max_age=max_age, now=now), newest
 
     async def status_note(self, cluster_name: str) -> str | None:
-        """What `/etcd-status` adds: the age warning, when it holds."""
-        cluster = self.settings.cluster(cluster_name)
-        if cluster is None:
-            return None
-        try:
-            found = await self.stale(cluster)
-        except (OSError, aioredis.RedisError) as exc:
-            log.warning("watch.status_note_failed", cluster=cluster_name, error=str(exc))
-            return None
-        return found[0] if found else None
+        """What `/etcd-status` adds: the age warning, as of the last round (no Redis read per
+        status: a burst of `/etcd-status` in an incident must not read the catalogue each time)."""
+        return self._notes.get(cluster_name)
 
     async def check_age(self, cluster: ClusterSettings) -> None:
         now = time.time()
         found = await self.stale(cluster, now=now)
+        self._notes[cluster.name] = found[0] if found else None
         if found is None:
             return
         if await self.redis.set(f"{self.prefix}:watch:{cluster.name}:age-warned", str(now), nx=True, ex=WARN_EVERY):

@@ -144,6 +144,7 @@ async def test_the_age_warning_at_most_daily_and_in_status(rds: aioredis.Redis, 
     assert note is not None and "No drilled backup of `lab` younger than 60 min" in note
     # A drilled backup arrives: the note is gone.
     await catalogue.add(make_backup(store, drilled=True))
+    await w.tick()
     assert await w.status_note("lab") is None
 
 
