@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+import tempfile
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -60,6 +61,12 @@ HINTS: dict[str, str] = {
     "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
     "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
+    "drill_dir": "a scratch directory for restore drills with room for 3x a snapshot, e.g. /var/lib/etcdbot/drill",
+    "drill_timeout": "seconds a restore drill may take, e.g. 300",
+    "backup_retention": 'a JSON object, e.g. {"last": 7, "daily": 7, "weekly": 4, "monthly": 6} (all 0: keep everything)',
+    "max_backup_age": 'a duration like "26h", "90m", "2d" or seconds; "" = derived from the schedule; "0" = no warning',
+    "oncall_usergroup": "the Slack user group mentioned on a failure, by handle (etcd-oncall) or ID (S0123ABC)",
+    "watch_interval": "seconds between the bot's backup checks (upgrades, backup age), e.g. 60",
     # -- approvals (engine) --
     "approver_users": 'a JSON list of Slack user IDs who may approve, e.g. ["U012ABCDEF"], or []',
     "approvals_required": 'a JSON object: procedure name -> approvers needed (1-10), e.g. {"restore": 2}',
@@ -122,6 +129,35 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class RetentionSettings(BaseModel):
+    """How many backups the retention rules keep (bot/retention.py): the newest `last`, plus the
+    newest of each of the `daily` / `weekly` / `monthly` most recent periods. All 0: retention
+    is off and nothing is ever deleted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    last: int = Field(default=0, ge=0, le=10_000)
+    daily: int = Field(default=0, ge=0, le=10_000)
+    weekly: int = Field(default=0, ge=0, le=10_000)
+    monthly: int = Field(default=0, ge=0, le=10_000)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> float:
+    """'26h' / '90m' / '2d' / '45s' / '3600' -> seconds."""
+    match = _DURATION_RE.fullmatch(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (like 26h, 90m, 2d or a number of seconds)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def check_usergroup(value: str) -> str:
+    if not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
+        raise ValueError(f"{value!r} is not a user group handle or ID")
+    return value.lstrip("@")
 # -- approvals (engine): who may approve a cluster's destructive steps -------------------------------
 
 
@@ -167,6 +203,10 @@ class ClusterSettings(BaseModel):
     timezone: str = "UTC"
     # None: ETCDBOT_BACKUP_SCHEDULE applies; "" turns scheduled backups off for this cluster only.
     backup_schedule: str | None = None
+    # Backups you can trust (each None: the ETCDBOT_* setting of the same name applies).
+    retention: RetentionSettings | None = None
+    max_backup_age: str | None = None
+    oncall_usergroup: str | None = None
     # None: ETCDBOT_APPROVER_USERGROUP / ETCDBOT_APPROVER_USERS apply to this cluster.
     approvers: ApproverSettings | None = None
 
@@ -205,6 +245,18 @@ class ClusterSettings(BaseModel):
     def _backup_schedule(cls, value: str | None) -> str | None:
         return None if value is None else check_schedule(value)
 
+    @field_validator("max_backup_age")
+    @classmethod
+    def _max_backup_age(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("oncall_usergroup")
+    @classmethod
+    def _oncall(cls, value: str | None) -> str | None:
+        return check_usergroup(value) if value else value
+
     @property
     def peak_window(self) -> tuple[time, time]:
         return parse_peak_hours(self.peak_hours)
@@ -228,6 +280,29 @@ def check_schedule(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid cron expression ({exc})") from None
     return text
+
+
+def schedule_gap(expression: str, *, timezone: str) -> float:
+    """The longest time, in seconds, between two consecutive fires of a cron expression over the
+    next 8 days (a weekly schedule's gap is a week)."""
+    from datetime import UTC, datetime, timedelta
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(expression, timezone=timezone)
+    now = datetime.now(UTC)
+    end = now + timedelta(days=8)
+    previous = trigger.get_next_fire_time(None, now)
+    gap = 0.0
+    for _ in range(20_000):  # every minute for 8 days is 11520 fires
+        if previous is None or previous > end:
+            break
+        following = trigger.get_next_fire_time(previous, previous + timedelta(seconds=1))
+        if following is None:
+            break
+        gap = max(gap, (following - previous).total_seconds())
+        previous = following
+    return gap or 8 * 86400.0
 
 
 def parse_peak_hours(value: str) -> tuple[time, time]:
@@ -286,6 +361,16 @@ class Settings(BaseSettings):
     # member starting, each operator's redeployment, the members joining), in seconds.
     restore_wait: float = Field(default=1800.0, gt=0, le=3600)
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
+    # ---- backups you can trust (drills, retention, notifications; docs/runbooks/etcd-backup.md)
+    # Scratch space of the restore drill (a snapshot restored, an etcd started on it): 3x a snapshot.
+    drill_dir: Path = Path(tempfile.gettempdir()) / "etcdbot-drill"
+    drill_timeout: float = Field(default=300.0, gt=0, le=6 * 3600)
+    backup_retention: RetentionSettings = RetentionSettings()  # a cluster's `retention` overrides it
+    # No drilled backup younger than this: a warning (at most daily). "" = derived from the
+    # cluster's schedule (its longest gap between fires, plus an hour); "0" = never warn.
+    max_backup_age: str = ""
+    oncall_usergroup: str | None = None  # mentioned in failure notifications (a cluster may override it)
+    watch_interval: float = Field(default=60.0, gt=0, le=3600)  # seconds between upgrade / age checks
     # -- approvals (engine) --
     approver_users: Annotated[tuple[str, ...], NoDecode] = ()
     approvals_required: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
@@ -297,6 +382,18 @@ class Settings(BaseSettings):
     def _decode_json(cls, value: Any) -> Any:
         return _json_list(value)
 
+    @field_validator("backup_retention", mode="before")
+    @classmethod
+    def _decode_retention(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+        return value
+
     @field_validator("approvals_required", mode="before")
     @classmethod
     def _decode_required(cls, value: Any) -> Any:
@@ -307,6 +404,20 @@ class Settings(BaseSettings):
                 return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+        return value
+
+    @field_validator("max_backup_age")
+    @classmethod
+    def _max_age(cls, value: str) -> str:
+        if value.strip():
+            parse_duration(value)
+        return value.strip()
+
+    @field_validator("oncall_usergroup", mode="before")
+    @classmethod
+    def _oncall(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return check_usergroup(value) if value.strip() else None
         return value
 
     @field_validator("approvals_required")
@@ -432,6 +543,23 @@ class Settings(BaseSettings):
     def backup_schedule_of(self, cluster: ClusterSettings) -> str:
         """The cron expression that applies to `cluster` ("" = none): its own, else ETCDBOT_BACKUP_SCHEDULE."""
         return self.backup_schedule if cluster.backup_schedule is None else cluster.backup_schedule
+
+    def retention_of(self, cluster: ClusterSettings) -> RetentionSettings:
+        return cluster.retention if cluster.retention is not None else self.backup_retention
+
+    def oncall_of(self, cluster: ClusterSettings) -> str | None:
+        return cluster.oncall_usergroup or self.oncall_usergroup
+
+    def max_backup_age_of(self, cluster: ClusterSettings) -> float | None:
+        """Seconds, or None: no age warning. The cluster's own, else ETCDBOT_MAX_BACKUP_AGE, else
+        (neither set) derived from the cluster's schedule: its longest gap between two fires over
+        a week, plus an hour; no schedule: no warning (nobody said how often to back up)."""
+        text = cluster.max_backup_age if cluster.max_backup_age is not None else self.max_backup_age
+        if text:
+            seconds = parse_duration(text)
+            return seconds if seconds > 0 else None
+        schedule = self.backup_schedule_of(cluster)
+        return schedule_gap(schedule, timezone=cluster.timezone) + 3600 if schedule else None
 
     def cluster_for_channel(self, channel_id: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if channel_id in c.channels), None)

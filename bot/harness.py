@@ -34,6 +34,7 @@ from bot.cluster.nodes import NodeShell
 from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings, load_settings
+from bot.drill import Driller
 from bot.procedure import (
     Admission,
     Fence,
@@ -72,7 +73,8 @@ class StepEnvironment:
         self._clusters = Clusters(self.settings)
         self._redis: aioredis.Redis | None = None
         self.store = BackupStore(root=self.settings.backup_dir, keys_root=self.settings.backup_keys_dir,
-                                 copy_rate=self.settings.backup_copy_rate)
+                                 copy_rate=self.settings.backup_copy_rate,
+                                 driller=Driller(work_dir=self.settings.drill_dir, timeout=self.settings.drill_timeout))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, cluster: str | None = None, **options: Any) -> StepEnvironment:

@@ -10,6 +10,12 @@ importing the built-in procedure modules and `ETCDBOT_PROCEDURE_MODULES`, and `p
 parameters)` builds a run's steps through it; `context()` gives each step its typed context: the
 cluster's API and nodes bound to the run's fence, etcd access, the backup store and catalogue.
 
+Backups you can trust are wired here too: the store gets its restore driller
+(ETCDBOT_DRILL_DIR), the catalogue its hooks (a failed drill notifies the channel, each deletion
+goes to the audit stream, the backups live runs use are kept), the catalogue is rebuilt from the
+store on disk at start (the disk is the truth; Redis may have lost its data), and the watch
+(bot/watch.py: backup after an upgrade, backup age) starts beside the scheduler.
+
 A restarted bot recovers the runs of a dead instance (`Runner.recover_interrupted()`): at start,
 and again every `recover_every` seconds, because a bot killed a moment ago still counts as alive
 until its presence key expires (`RunnerPolicy.instance_ttl`).
@@ -29,13 +35,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
-from bot.backups import BackupStore, Catalogue
+from bot.backups import BACKUP_ID_RE, BackupRecord, BackupStore, Catalogue, CatalogueHooks, DrillOutcome
 from bot.cluster.nodes import CommandNote, NodeShell
 from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings
+from bot.drill import Driller
 from bot.log import get_logger
 from bot.metrics import SlackApiObserver
+from bot.notify import Notifier, drill_failed_line
 from bot.procedure import (
     Fence,
     Procedure,
@@ -49,13 +57,15 @@ from bot.procedure import (
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
 from bot.scheduler import BackupScheduler
-from bot.store import Run, connect_redis
+from bot.store import Run, RunStore, connect_redis
 from bot.tasks import cancel_and_wait
+from bot.watch import UPGRADE_REQUESTER, BackupWatch
 
 log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
-BUILTIN_PROCEDURES = ("procedures.backup", "procedures.restore")
+BUILTIN_PROCEDURES = ("procedures.backup", "procedures.verify", "procedures.prune", "procedures.restore")
+BOT_REQUESTERS = frozenset({"scheduler", UPGRADE_REQUESTER})  # their runs get a line of their own when they fail
 BACKUP = "backup"
 
 REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
@@ -73,6 +83,8 @@ class Services:
     catalogue: Catalogue
     recover_every: float = 5.0
     scheduler: BackupScheduler | None = None
+    notifier: Notifier | None = None
+    watch: BackupWatch | None = None
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def procedure(self, name: str, parameters: Mapping[str, Any]) -> Procedure:
@@ -116,10 +128,43 @@ class Services:
 
     async def open(self) -> None:
         await self.runner.open()
+        await self.sync_catalogue()
         await self._recover()
         self._recovery = asyncio.create_task(self._keep_recovering(), name="etcdbot-recovery")
         if self.scheduler is not None:  # after recovery: a scheduled fire must see the recovered locks
             self.scheduler.start()
+        if self.watch is not None:
+            self.watch.start()
+
+    async def sync_catalogue(self) -> None:
+        """The catalogue rebuilt from the store's metadata files (the source of truth): after a
+        Redis FLUSHALL or a lost volume, `/etcd-backups` lists every stored backup again."""
+        for cluster in self.settings.cluster_names:
+            try:
+                records = await asyncio.to_thread(self.store.records, cluster=cluster)
+                report = await self.catalogue.sync(cluster=cluster, records=records)
+            except (OSError, aioredis.RedisError) as exc:
+                log.warning("catalogue.sync_failed", cluster=cluster, error=str(exc))
+                continue
+            log.info("catalogue.synced", cluster=cluster, total=report.total, added=report.added,
+                     changed=report.changed, removed=report.removed)
+
+    # -- the catalogue's hooks (the foundation tells the engine) -------------------------------
+    async def backup_drilled(self, record: BackupRecord, outcome: DrillOutcome, asked_by: str) -> None:
+        """A failed drill is said in the cluster's channel, with the on-call group; a bot-started
+        run's failure line says it already."""
+        cluster = self.settings.cluster(record.cluster)
+        if outcome.ok or cluster is None or self.notifier is None or asked_by in BOT_REQUESTERS:
+            return
+        await self.notifier.post(cluster, drill_failed_line(record=record, outcome=outcome,
+                                                            mention=await self.notifier.mention(cluster)))
+
+    async def backup_deleted(self, record: BackupRecord, why: str, actor: str, run_id: str) -> None:
+        await audit_deletion(self.runner.audit, record=record, why=why, actor=actor, run_id=run_id)
+
+    async def backups_in_use(self, cluster: str) -> frozenset[str]:
+        return await backups_in_use(RunStore(redis=self.redis), cluster=cluster)
+
 
     async def _recover(self) -> None:
         try:
@@ -134,6 +179,8 @@ class Services:
             await self._recover()
 
     async def close(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
         if self.scheduler is not None:  # first: no fire may start a run while the runner stops
             await self.scheduler.stop()
         recovery, self._recovery = self._recovery, None
@@ -145,6 +192,25 @@ class Services:
         await self.redis.aclose()
         if self.client.session is not None:
             await self.client.session.close()
+
+
+async def audit_deletion(audit: Audit, *, record: BackupRecord, why: str, actor: str, run_id: str) -> None:
+    """One audit entry per deleted backup: which, why, by whom, in which run."""
+    await audit.record(
+        cluster=record.cluster, event="backup.deleted", actor=actor or "retention", run_id=run_id,
+        backup=record.id, reason=why, version=record.version, finished_at=record.finished_at,
+        size=record.size, drilled="yes" if record.drilled else "no",
+    )
+
+
+async def backups_in_use(runs: RunStore, *, cluster: str) -> frozenset[str]:
+    """Backup ids named by the parameters of the cluster's live runs (a restore's, a verify's)."""
+    used: set[str] = set()
+    for run in await runs.load_many(await runs.live_run_ids()):
+        if run.cluster != cluster or run.state.finished:
+            continue
+        used |= {str(v) for v in run.parameters.values() if isinstance(v, str) and BACKUP_ID_RE.fullmatch(v)}
+    return frozenset(used)
 
 
 def build_services(settings: Settings, *, clusters: Clusters) -> Services:
@@ -168,9 +234,14 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
         approvers=SlackApprovers(client=client, spec_of=approvers_of),
     )
     store = BackupStore(root=settings.backup_dir, keys_root=settings.backup_keys_dir,
-                        copy_rate=settings.backup_copy_rate)
-    catalogue = Catalogue(redis=redis)
+                        copy_rate=settings.backup_copy_rate,
+                        driller=Driller(work_dir=settings.drill_dir, timeout=settings.drill_timeout))
     holder: dict[str, Services] = {}
+    catalogue = Catalogue(redis=redis, hooks=CatalogueHooks(
+        drilled=lambda record, outcome, by: holder["services"].backup_drilled(record, outcome, by),
+        deleted=lambda record, why, actor, run_id: holder["services"].backup_deleted(record, why, actor, run_id),
+        in_use=lambda cluster: holder["services"].backups_in_use(cluster),
+    ))
 
     def procedures(name: str, parameters: Mapping[str, Any]) -> Procedure:
         return holder["services"].procedure(name, parameters)
@@ -183,9 +254,13 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
                     context_factory=context, procedures=procedures)
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
+    notifier = Notifier(settings=settings, sender=sender, client=client)
+    services.notifier = notifier
     services.scheduler = BackupScheduler(
         settings=settings, clusters=clusters, runner=runner, sender=sender, redis=redis,
-        procedure=lambda: services.procedure(BACKUP, {}),
+        procedure=lambda: services.procedure(BACKUP, {}), catalogue=catalogue, notifier=notifier,
     )
+    services.watch = BackupWatch(settings=settings, clusters=clusters, runner=runner, catalogue=catalogue,
+                                 notifier=notifier, redis=redis, scheduler=services.scheduler)
     holder["services"] = services
     return services

@@ -28,7 +28,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "existing-secret": {"existingSecret": "etcdbot-slack-and-ssh"},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "http-mode": {"slack": {"mode": "http"}, "route": {"enabled": True, "host": "etcdbot.apps.example.com"}},
-    "two-replicas": {"replicaCount": 2, "backups": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
+    "two-replicas": {"replicaCount": 2, "backups": {"persistence": {"accessModes": ["ReadWriteMany"]},
+                                                    "keys": {"persistence": {"accessModes": ["ReadWriteMany"]}}}},
     "openshift": {"openshift": True},
     "redis-password": {"redis": {"auth": {"password": REDIS_PASSWORD}}},
     "full": {
@@ -44,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             {"name": "local", "channels": ["C0LOCAL"]},
         ],
         "backups": {"schedule": "30 2 * * *"},
+        "notifications": {"oncallUsergroup": "etcd-oncall"},
         "logLevel": "DEBUG",
         "extraConfig": {"ETCDBOT_EXTRA_FLAG": "on"},
     },
@@ -54,6 +56,8 @@ ALL_SETTINGS = {
     "ETCDBOT_SLACK_MODE", "ETCDBOT_HTTP_PORT", "ETCDBOT_HEALTH_PORT", "ETCDBOT_REDIS_URL", "ETCDBOT_BACKUP_DIR",
     "ETCDBOT_LOG_LEVEL", "ETCDBOT_ALLOWED_USERS", "ETCDBOT_ALLOWED_USERGROUP", "ETCDBOT_APPROVER_USERGROUP",
     "ETCDBOT_CLUSTERS", "ETCDBOT_BACKUP_SCHEDULE", "ETCDBOT_REDIS_PASSWORD",
+    "ETCDBOT_BACKUP_KEYS_DIR", "ETCDBOT_DRILL_DIR", "ETCDBOT_DRILL_TIMEOUT", "ETCDBOT_BACKUP_RETENTION",
+    "ETCDBOT_MAX_BACKUP_AGE", "ETCDBOT_ONCALL_USERGROUP", "ETCDBOT_WATCH_INTERVAL",
 }
 SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLACK_SIGNING_SECRET"}
 
@@ -67,6 +71,7 @@ EXPECTED_RBAC = {
       for r in ("etcds", "kubeapiservers", "kubecontrollermanagers", "kubeschedulers") for v in ("get", "patch")},
     *{(CLUSTER, "config.openshift.io", r, v, ())
       for r in ("clusteroperators", "clusterversions", "proxies") for v in ("get", "list")},
+    (CLUSTER, "config.openshift.io", "apiservers", "get", ("cluster",)),  # etcd encryption on or off
     *{(CLUSTER, "certificates.k8s.io", "certificatesigningrequests", v, ()) for v in ("get", "list")},
     (CLUSTER, "certificates.k8s.io", "certificatesigningrequests/approval", "update", ()),
     (CLUSTER, "certificates.k8s.io", "signers", "approve",
