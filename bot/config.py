@@ -57,6 +57,10 @@ HINTS: dict[str, str] = {
     "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
     "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
+    "replace_backup_max_age": "seconds: how young a verified backup must be for /etcd-replace-member, e.g. 3600",
+    "replace_machine_timeout": "seconds a new master machine may take from Provisioning to Running, e.g. 1800",
+    "replace_rollout_timeout": "seconds an etcd redeployment may take until every member is healthy, e.g. 1800",
+    "replace_pods_grace": "seconds to wait for the new master's etcd pod before forcing a redeployment, e.g. 600",
     "clusters": (
         'a JSON list, e.g. [{"name": "lab", "kubeconfig": "/path/kubeconfig", "channels": ["C0INCIDENT"], '
         '"ssh": {"user": "core", "private_key": "/path/id_ed25519", "known_hosts": "/path/known_hosts", '
@@ -240,6 +244,12 @@ class Settings(BaseSettings):
     # Extra procedure modules imported at start so they register (beside the built-in ones).
     procedure_modules: Annotated[tuple[str, ...], NoDecode] = ()
     approver_usergroup: str = "etcd-approvers"
+    # /etcd-replace-member (procedures/replace_member.py): how young the backup taken first must be
+    # (document 2.1), and how long each wait may take before the run stops and says what to check.
+    replace_backup_max_age: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    replace_machine_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
+    replace_rollout_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
+    replace_pods_grace: float = Field(default=600.0, gt=0, le=3 * 3600)
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
 
     @field_validator("allowed_users", "clusters", mode="before")

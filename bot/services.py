@@ -53,7 +53,7 @@ from bot.tasks import cancel_and_wait
 log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
-BUILTIN_PROCEDURES = ("procedures.backup",)
+BUILTIN_PROCEDURES = ("procedures.backup", "procedures.replace_member")
 BACKUP = "backup"
 
 REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
