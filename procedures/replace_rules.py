@@ -98,7 +98,9 @@ def choose(*, node: str, facts: ClusterFacts, members: MemberList | None, ssh_no
                        "Restore instead (document 5.3): pick a backup with `/etcd-backups`, then run "
                        "`/etcd-restore <backup-id>`.")
     if state is State.UNKNOWN:
-        return Refusal(f"Not replacing `{node}`: {diagnosis.summary}", f"Check the cluster with {status}.")
+        return Refusal(f"Not replacing `{node}`: {diagnosis.summary}",
+                       f"Check the cluster with {status}. If most masters are down (quorum loss), restore instead "
+                       "(document 5.3): `/etcd-restore <backup-id>`.")
     if state is State.EXTRA_MEMBERS:
         return Refusal(f"Not replacing `{node}`: {diagnosis.summary}",
                        "Stop and ask a person: the document warns that removing a good member can lose quorum.")
@@ -136,7 +138,8 @@ def choose(*, node: str, facts: ClusterFacts, members: MemberList | None, ssh_no
     healthy_others = sum(1 for m in facts.members if m.healthy is True and m.name != node and m.id != member.id)
     if not quorum_after_removal(members=len(listed), healthy_others=healthy_others):
         return Refusal(f"Not replacing `{node}`: removing its member would leave {len(listed) - 1} members of which "
-                       f"{healthy_others} are healthy, which is no quorum.", f"Check {status}.")
+                       f"{healthy_others} are known to be healthy, which is no quorum.",
+                       f"Check {status}: every other member must answer `endpoint health`.")
     variant = VARIANT_B if state is State.POD_CRASHLOOPING else VARIANT_A
     machine = next((m.name for m in facts.machines if m.node == node), "")
     if variant == VARIANT_A and not machine:
