@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,24 +64,52 @@ def _ephemeral_after(lab: Lab, *, cursor: int, user: str) -> str:
     return wait_for(check, timeout=30, what=f"{user}'s answer to the press")
 
 
-def approve_until_done(lab: Lab, *, since: int, run_id: str, user: str = "bob", timeout: float = 300) -> tuple[
-        dict[str, Any], list[str]]:
-    """Approves every request of the run as `user` as it appears, until the run ends. Returns the
-    final run message and the texts of the requests approved (one with the engine's approval groups)."""
+def step_running(message: dict[str, Any], step_title: str) -> bool:
+    """The progress message shows `step_title` running."""
+    return any(step_title in line and "· running" in line for line in blocks_text(message).splitlines())
+
+
+def approve_until(lab: Lab, *, since: int, run_id: str, done: Callable[[dict[str, Any]], bool], user: str = "bob",
+                  timeout: float = 300, interval: float = 0.5) -> tuple[dict[str, Any], list[str]]:
+    """Approves every request of the run as `user` as it appears, until `done(run message)`.
+    Returns that message and the texts of the requests approved."""
     approved: list[str] = []
-    done_ts: set[str] = set()
+    pressed: set[str] = set()
 
     def step() -> dict[str, Any] | None:
         for request in open_requests(lab, run_id=run_id, user=user):
-            if request["ts"] not in done_ts:
-                done_ts.add(request["ts"])
+            if request["ts"] not in pressed:
+                pressed.add(request["ts"])
+                approved.append(blocks_text(request))
+                press_approve(lab, request, user=user)
+        message = run_message(lab, since=since, run_id=run_id)
+        if message is not None and done(message):
+            return message
+        if message is not None and message["state"] in FINISHED:
+            raise AssertionError(f"run {run_id} ended first: {blocks_text(message)}")
+        return None
+
+    return wait_for(step, timeout=timeout, what=f"run {run_id} approved and then the expected state",
+                    interval=interval), approved
+
+
+def approve_until_done(lab: Lab, *, since: int, run_id: str, user: str = "bob",
+                       timeout: float = 300) -> tuple[dict[str, Any], list[str]]:
+    """Approves every request of the run as `user` until the run ends (one request with the
+    engine's approval groups, one per destructive step without)."""
+    approved: list[str] = []
+    pressed: set[str] = set()
+
+    def step() -> dict[str, Any] | None:
+        for request in open_requests(lab, run_id=run_id, user=user):
+            if request["ts"] not in pressed:
+                pressed.add(request["ts"])
                 approved.append(blocks_text(request))
                 press_approve(lab, request, user=user)
         message = run_message(lab, since=since, run_id=run_id)
         return message if message and message["state"] in FINISHED else None
 
-    final = wait_for(step, timeout=timeout, what=f"run {run_id} approved and finished", interval=0.5)
-    return final, approved
+    return wait_for(step, timeout=timeout, what=f"run {run_id} approved and finished", interval=0.5), approved
 
 
 # ---- the cluster, as a person reads it ----------------------------------------------------------

@@ -27,7 +27,19 @@ from procedures.replace_rules import (
     redeploy_reason,
     secret_names,
 )
-from tests.unit.factories import A, B, C, IDS, NODES, healthy, unhealthy, with_machine, with_member, with_node, with_pod
+from tests.unit.factories import (
+    IDS,
+    NODES,
+    A,
+    B,
+    C,
+    healthy,
+    unhealthy,
+    with_machine,
+    with_member,
+    with_node,
+    with_pod,
+)
 
 SSH = NODES
 
