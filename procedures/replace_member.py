@@ -67,6 +67,7 @@ from bot.procedure import (
     register,
 )
 from procedures import backup
+from procedures.diagnosis import State
 from procedures.facts import ClusterFacts, pod_facts
 from procedures.replace_rules import (
     VARIANT_A,
@@ -98,6 +99,8 @@ DATA_DIR = "/var/lib/etcd"
 COMMAND_TIMEOUT = 60.0
 POLL = 1.0  # seconds between two reads of a wait (API reads only)
 POD_STOP_TIMEOUT = 120.0
+RESAMPLES = 5
+RESAMPLE_EVERY = 2.0
 
 S_BACKUP = StepId("ch2.backup-first")
 S_IDENTIFY = StepId("ch2.identify-member")
@@ -212,11 +215,21 @@ async def _members(etcd: EtcdAccess | None) -> tuple[MemberList | None, str]:
 
 async def assess(ctx: StepContext, node: str) -> tuple[Refusal | Choice, str]:
     """2.3 again, from every source at once: the status facts and `member list` from a place that
-    is not on the node. Returns the decision and where `member list` answered."""
+    is not on the node. Returns the decision and where `member list` answered.
+
+    A crashlooping etcd pod reads Running for a moment after each restart, so an unhealthy member
+    for which none of the 2.3 states shows is read again a few times before the answer is "none
+    applies yet" (RESAMPLES reads, RESAMPLE_EVERY seconds apart)."""
     etcd = ctx.etcd.avoiding(node) if ctx.etcd is not None else None
-    facts, (members, via) = await asyncio.gather(_facts(ctx), _members(etcd))
     ssh_nodes = ctx.hosts.nodes if ctx.hosts is not None else ()
-    return choose(node=node, facts=facts, members=members, ssh_nodes=ssh_nodes, cluster=ctx.cluster_name), via
+    for sample in range(RESAMPLES):
+        facts, (members, via) = await asyncio.gather(_facts(ctx), _members(etcd))
+        decision = choose(node=node, facts=facts, members=members, ssh_nodes=ssh_nodes, cluster=ctx.cluster_name)
+        if not (isinstance(decision, Refusal) and decision.state == State.MEMBER_UNHEALTHY.value) \
+                or sample == RESAMPLES - 1:
+            return decision, via
+        await asyncio.sleep(RESAMPLE_EVERY)  # a bounded number of reads of a state that flaps
+    raise AssertionError("unreachable")
 
 
 async def cluster_version(ctx: StepContext) -> str | None:

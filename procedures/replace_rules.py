@@ -48,6 +48,7 @@ class Refusal:
 
     message: str
     next_action: str
+    state: str = ""  # the diagnosis State value behind it, when the diagnosis refused
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def choose(*, node: str, facts: ClusterFacts, members: MemberList | None, ssh_no
     if state is State.EXPECTED_BACK:
         return Refusal(f"Not replacing `{node}`: {diagnosis.summary}", f"Wait for it, then check {status}.")
     if state is State.MEMBER_UNHEALTHY:
-        return Refusal(f"Not replacing `{node}` yet: {diagnosis.summary}", f"Check again with {status}.")
+        return Refusal(f"Not replacing `{node}` yet: {diagnosis.summary}", f"Check again with {status}.",
+                       state=state.value)
     if state not in (State.MACHINE_NOT_RUNNING, State.NODE_NOT_READY, State.POD_CRASHLOOPING):
         return Refusal(f"The etcd member `{node}` is healthy: nothing to replace. {diagnosis.summary}",
                        f"See {status}.")
