@@ -98,15 +98,18 @@ def by_hand(lab: Lab, *, bad: str, via: str) -> str:
     return new_node
 
 
-def by_bot(lab: Lab, *, bad: str) -> None:
+def by_bot(lab: Lab, *, bad: str, show: bool = False) -> None:
     since = command(lab, f"/etcd-replace-member {bad}")
     started = wait_run(lab, since=since, states=("waiting approval", "running"), timeout=300)
-    done, approved = approve_until_done(lab, since=since, run_id=started["run_id"], user="bob", timeout=900)
+    done, approved = approve_until_done(lab, since=since, run_id=started["run_id"], user="bob", timeout=900,
+                                        interval=0.2)
     text = backup_support.blocks_text(done)
     assert done["state"] == "succeeded", text
     steps = [line.split("*")[1].split(".")[0] + ": " + line.split(" · ")[2] for line in text.splitlines()
              if line.startswith(":white_check_mark: *") and " · succeeded · " in line]
     print("  bot steps: " + "; ".join(steps) + f"; approvals: {len(approved)}", flush=True)
+    if show:
+        print(text, "\n---\n", "\n---\n".join(approved), flush=True)
 
 
 def break_one(lab: Lab) -> tuple[str, str]:
@@ -122,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clock-speed", default="30")
+    parser.add_argument("--show", action="store_true", help="print the bot's run message and approval requests")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         lab = start_lab(Path(tmp) / "lab", "--clock-speed", args.clock_speed)
@@ -138,7 +142,7 @@ def main() -> None:
                 hands.append(time.monotonic() - started)
                 bad, _via = break_one(lab)
                 started = time.monotonic()
-                by_bot(lab, bad=bad)
+                by_bot(lab, bad=bad, show=args.show)
                 bots.append(time.monotonic() - started)
                 print(f"round {n}: by hand {hands[-1]:.1f} s, bot {bots[-1]:.1f} s, ratio {bots[-1] / hands[-1]:.2f}",
                       flush=True)

@@ -276,10 +276,9 @@ async def admission(ctx: StepContext) -> Admission:
     """The refusals of 2.3/2.4 first; then the backup of 2.1: none recent is a warning whose button
     starts the run that takes one first."""
     node = node_of(ctx)
-    decision, _via = await assess(ctx, node)
+    (decision, _via), (found, version) = await asyncio.gather(assess(ctx, node), recent_backup(ctx))
     if isinstance(decision, Refusal):
         return Admission.refuse(decision.message, next_action=decision.next_action)
-    found, version = await recent_backup(ctx)
     if found is not None:
         return Admission.ok()
     limit = _age(ctx.settings.replace_backup_max_age)
@@ -297,8 +296,7 @@ async def preview(ctx: StepContext) -> dict[str, str]:
     """What a dry run shows beside its plan: the variant, the member (ID, name, peer URL), the
     machines, the backup it would use or take. Reads only."""
     node = node_of(ctx)
-    decision, via = await assess(ctx, node)
-    found, _version = await recent_backup(ctx)
+    (decision, via), (found, _version) = await asyncio.gather(assess(ctx, node), recent_backup(ctx))
     shown: dict[str, str] = {"backup": found.id if found else "none recent: the run takes one first"}
     if found is None:
         shown.update({k: v for k, v in (await backup.preview(ctx)).items() if k in ("master", "proxy", "encrypted")})
@@ -620,11 +618,14 @@ async def remove_member(ctx: StepContext) -> StepResult:
                              next_action=f"Run `etcdctl member list -w table` in an etcd pod not on {target.node}; "
                                          "Resume removes it if it is still there.") from exc
         after = again
-    verified = await _etcd_call(etcd.member_list(), what="member list")  # list again, verify it is gone
-    if any(m.id == member.id for m in verified.members):
+    # "View the member list again and verify": `member remove -w json` answers with the cluster's
+    # member list after the removal, read from the same place.
+    if any(m.id == member.id for m in after.members) or not after.members:
+        after = await _etcd_call(etcd.member_list(), what="member list")
+    if any(m.id == member.id for m in after.members):
         raise StepFailed(f"member {member.id} is still in member list after `member remove`",
                          next_action=f"Run `etcdctl member list -w table` in an etcd pod not on {target.node}.")
-    left_names = tuple(f"{m.name or '(not started)'} {m.id}" for m in (verified.members or after.members))
+    left_names = tuple(f"{m.name or '(not started)'} {m.id}" for m in after.members)
     return StepResult.of(
         f"removed member {member.id} ({_describe_member(member)}) {etcd.via}; member list: {', '.join(left_names)}",
         Removed(member_id=member.id, already_gone=False, members_left=left_names))

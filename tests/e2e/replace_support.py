@@ -93,8 +93,8 @@ def approve_until(lab: Lab, *, since: int, run_id: str, done: Callable[[dict[str
                     interval=interval), approved
 
 
-def approve_until_done(lab: Lab, *, since: int, run_id: str, user: str = "bob",
-                       timeout: float = 300) -> tuple[dict[str, Any], list[str]]:
+def approve_until_done(lab: Lab, *, since: int, run_id: str, user: str = "bob", timeout: float = 300,
+                       interval: float = 0.5) -> tuple[dict[str, Any], list[str]]:
     """Approves every request of the run as `user` until the run ends (one request with the
     engine's approval groups, one per destructive step without)."""
     approved: list[str] = []
@@ -109,7 +109,7 @@ def approve_until_done(lab: Lab, *, since: int, run_id: str, user: str = "bob",
         message = run_message(lab, since=since, run_id=run_id)
         return message if message and message["state"] in FINISHED else None
 
-    return wait_for(step, timeout=timeout, what=f"run {run_id} approved and finished", interval=0.5), approved
+    return wait_for(step, timeout=timeout, what=f"run {run_id} approved and finished", interval=interval), approved
 
 
 # ---- the cluster, as a person reads it ----------------------------------------------------------
