@@ -748,7 +748,7 @@ async def wait_machine(ctx: StepContext) -> StepResult:
     saved = ctx.result(S_SAVE_MACHINE, SavedMachine)
     limit = ctx.settings.replace_machine_timeout
     phases: list[str] = []
-    started = time.monotonic()
+    note = _on_change(ctx)
 
     async def running() -> tuple[str, str] | None:
         machine = await _get_machine(ctx, saved.new)
@@ -760,7 +760,7 @@ async def wait_machine(ctx: StepContext) -> StepResult:
             raise StepFailed(f"machine {saved.new} failed: {status.get('errorMessage') or status.get('errorReason')}",
                              next_action=f"`oc describe machine {saved.new} -n {MACHINE_NAMESPACE}`; delete it and "
                                          "create it again from the saved configuration (document 2.4).")
-        await ctx.heartbeat(f"machine {saved.new}: {phase} ({_age(time.monotonic() - started)} of {_age(limit)})")
+        await note(f"machine {saved.new}: {phase} (waiting at most {_age(limit)})")
         node = ((status.get("nodeRef") or {}).get("name")) or ""
         return (phase, node) if phase == "Running" and node else None
 
@@ -820,6 +820,7 @@ async def _rolled_out(ctx: StepContext, reason: str) -> bool:
 async def redeploy(ctx: StepContext) -> StepResult:
     target = ctx.result(S_IDENTIFY, Target)
     settings = ctx.settings
+    note = _on_change(ctx)
     if target.variant == VARIANT_A:
         new = ctx.result(S_WAIT_MACHINE, NewMachine)
         expect = new.node
@@ -827,7 +828,7 @@ async def redeploy(ctx: StepContext) -> StepResult:
         async def three() -> tuple[str, ...] | None:
             pods = await _etcd_pods(ctx)
             running = _running(pods)
-            await ctx.heartbeat("etcd pods: " + ", ".join(f"{n} {s}" for n, s in sorted(pods.items())))
+            await note("etcd pods: " + ", ".join(f"{n} {s}" for n, s in sorted(pods.items())))
             return running if len(running) >= 3 and expect in running else None
 
         found = await _wait(ctx, "3 etcd pods Running", settings.replace_pods_grace, three, fail=None)
@@ -843,7 +844,7 @@ async def redeploy(ctx: StepContext) -> StepResult:
     async def rolled() -> tuple[str, ...] | None:
         pods = await _etcd_pods(ctx)
         running = _running(pods)
-        await ctx.heartbeat(f"redeploying ({reason}); etcd pods: " +
+        await note(f"redeploying ({reason}); etcd pods: " +
                             ", ".join(f"{n} {s}" for n, s in sorted(pods.items())))
         return running if len(running) >= 3 and expect in running and await _rolled_out(ctx, reason) else None
 
@@ -884,6 +885,7 @@ async def verify(ctx: StepContext) -> StepResult:
     etcd = ctx.need_etcd()
     kube = ctx.need_kube()
     last: list[str] = []
+    note = _on_change(ctx)
 
     async def replaced() -> tuple[Member, MemberList] | None:
         members = await _etcd_call(etcd.member_list(), what="member list")
@@ -893,7 +895,7 @@ async def verify(ctx: StepContext) -> StepResult:
         missing = [s for s in secret_names(expect) if s not in secrets]
         problems = list(verdict.problems) + ([f"secrets not issued yet: {', '.join(missing)}"] if missing else [])
         last[:] = problems
-        await ctx.heartbeat("; ".join(problems) if problems else "every member healthy")
+        await note("; ".join(problems) if problems else "every member healthy")
         return (verdict.member, members) if not problems and verdict.member is not None else None
 
     limit = ctx.settings.replace_rollout_timeout
@@ -934,6 +936,19 @@ async def _etcd_call(call: Awaitable[T], *, what: str) -> T:
     except (EtcdUnavailable, EtcdctlFailed) as exc:
         raise StepFailed(f"etcdctl {what} did not answer: {exc}", retryable=True,
                          next_action="Check etcd with `/etcd-status`, then Resume.") from exc
+
+
+def _on_change(ctx: StepContext) -> Callable[[str], Awaitable[None]]:
+    """The step's heartbeat, said only when its text changes: a wait polls twice a second, and
+    each note is a message update in Slack."""
+    last = [""]
+
+    async def note(text: str) -> None:
+        if text != last[0]:
+            last[0] = text
+            await ctx.heartbeat(text)
+
+    return note
 
 
 async def _get_machine(ctx: StepContext, name: str) -> dict[str, Any] | None:
