@@ -12,6 +12,7 @@ import pytest
 from bot.harness import StepEnvironment
 from bot.procedure import StepFailed, no_fence
 from procedures import replace_member as rm
+from procedures.replace_common import SavedMachine, Target
 from tests.e2e.replace_support import machine_of, machines, masters, members, secrets, unhealthy
 from tests.labfixture import Lab
 
@@ -36,10 +37,10 @@ async def test_each_destructive_step_twice_and_a_lost_lock(lab: Lab, env: StepEn
     env.parameters = {"node": bad}
 
     await env.run(STEPS[rm.S_IDENTIFY])
-    target = env.result(rm.S_IDENTIFY, rm.Target)
+    target = env.result(rm.S_IDENTIFY, Target)
     assert (target.variant, target.member_id, target.member_name, target.machine) == ("A", old["id"], bad, old_machine)
     await env.run(STEPS[rm.S_SAVE_MACHINE])
-    assert env.result(rm.S_SAVE_MACHINE, rm.SavedMachine).new == new_machine
+    assert env.result(rm.S_SAVE_MACHINE, SavedMachine).new == new_machine
 
     # The approval's plan: every value a person must check before approving.
     planned = ""
