@@ -1,13 +1,15 @@
 """How long `etcdbot-lab up` and `down` take, and how much memory a running lab holds.
 
 Prints the median of N runs (default 5) of each, and the total RSS of every process of the lab
-(the daemon, etcd members, redis, and anything they started) measured on a running lab.
-Usage: .venv/bin/python bench/lab.py [--runs N]
+(the daemon, etcd members, redis, and anything they started) measured on a running lab, with the
+default two workers (hosts with SSH and a kubelet, no etcd) unless --workers says otherwise.
+Usage: .venv/bin/python bench/lab.py [--runs N] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -52,13 +54,15 @@ def rss_kib(pids: set[int]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     ups, downs, rss = [], [], []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             lab_dir = Path(tmp) / "lab"
             t0 = time.monotonic()
-            subprocess.run([*CLI, "up", "--dir", str(lab_dir)], check=True, capture_output=True, cwd=ROOT)
+            subprocess.run([*CLI, "up", "--dir", str(lab_dir), "--workers", str(args.workers)], check=True,
+                           capture_output=True, cwd=ROOT)
             ups.append(time.monotonic() - t0)
             pids: set[int] = set()
             for name in ("daemon.pid", "children.pids"):
@@ -68,10 +72,11 @@ def main() -> None:
             t0 = time.monotonic()
             subprocess.run([*CLI, "down", "--dir", str(lab_dir)], check=True, capture_output=True, cwd=ROOT)
             downs.append(time.monotonic() - t0)
-    print(f"runs: {args.runs}")
+    print(f"runs: {args.runs}, workers: {args.workers}, load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"up:   median {statistics.median(ups):.2f} s  (min {min(ups):.2f}, max {max(ups):.2f})")
     print(f"down: median {statistics.median(downs):.2f} s  (min {min(downs):.2f}, max {max(downs):.2f})")
-    print(f"lab RSS (daemon, 3 etcd members, redis): median {statistics.median(rss):.0f} MiB")
+    print(f"lab RSS (daemon, 3 etcd members, redis; {args.workers} workers): median {statistics.median(rss):.0f} MiB "
+          f"(min {min(rss):.0f}, max {max(rss):.0f})")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@ certificates, keys and data.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from lab import hosts, manifests, pki, sshd
-from lab.spec import LabSpec, MasterSpec
+from lab.spec import LabSpec, MasterSpec, NodeSpec, WorkerSpec
+
+MASTER_ONLY_FILES = ("cluster-backup.sh", "cluster-restore.sh", "etcd-common-tools")
 
 
 def pki_dir(spec: LabSpec) -> Path:
@@ -96,26 +100,38 @@ def _make_dirs(path: Path) -> None:
         created.chmod(0o755)
 
 
+def _write_revision(resource_dir: Path, kind: str, text: str, *, version: str, reason: str) -> None:
+    """A revision's resource dir as the installer lays it: the pod manifest, and the revisioned
+    `<kind>-pod` configmap (pod.yaml, the release `version`, `forceRedeploymentReason`), which is
+    how a backup's static_kuberesources tarball records the release it was taken on."""
+    configmap = resource_dir / "configmaps" / f"{kind}-pod"
+    _make_dirs(configmap)
+    _write_config(resource_dir / f"{kind}-pod.yaml", text)
+    _write_config(configmap / "pod.yaml", text)
+    _write_config(configmap / "version", version)
+    _write_config(configmap / "forceRedeploymentReason", reason)
+
+
 def write_etcd_manifest(spec: LabSpec, master: MasterSpec, *, revision: int, initial_cluster: list[MasterSpec],
-                        endpoints: list[MasterSpec], state: str) -> None:
+                        endpoints: list[MasterSpec], state: str, reason: str = "") -> None:
     root = host_root(spec, master.node)
     text = manifests.etcd_pod_yaml(master, revision=revision, initial_cluster=initial_cluster,
-                                   endpoints=endpoints, state=state)
-    resource_dir = root / f"etc/kubernetes/static-pod-resources/etcd-pod-{revision}"
-    _make_dirs(resource_dir)
-    _write_config(resource_dir / "etcd-pod.yaml", text)
+                                   endpoints=endpoints, state=state, version=spec.version)
+    _write_revision(root / f"etc/kubernetes/static-pod-resources/etcd-pod-{revision}", "etcd", text,
+                    version=spec.version, reason=reason)
     restore = root / "etc/kubernetes/static-pod-resources/etcd-certs/configmaps/restore-etcd-pod"
     _make_dirs(restore)
-    _write_config(restore / "pod.yaml", manifests.restore_pod_yaml(master, revision=revision))
+    _write_config(restore / "pod.yaml", manifests.restore_pod_yaml(master, revision=revision, version=spec.version))
     _atomic_write(root / "etc/kubernetes/manifests/etcd-pod.yaml", text)
 
 
-def write_control_plane_manifest(spec: LabSpec, master: MasterSpec, kind: str, *, revision: int) -> None:
+def write_control_plane_manifest(spec: LabSpec, master: MasterSpec, kind: str, *, revision: int,
+                                 reason: str = "") -> None:
     root = host_root(spec, master.node)
-    text = manifests.control_plane_pod_yaml(kind, revision=revision)
+    text = manifests.control_plane_pod_yaml(kind, revision=revision, version=spec.version)
     resource_dir = root / f"etc/kubernetes/static-pod-resources/{kind}-pod-{revision}"
+    _write_revision(resource_dir, kind, text, version=spec.version, reason=reason)
     _make_dirs(resource_dir / "configmaps" / "config")
-    _write_config(resource_dir / f"{kind}-pod.yaml", text)
     _write_config(resource_dir / "configmaps" / "config" / "config.yaml", json.dumps({"kind": kind, "revision": revision}))
     _atomic_write(root / f"etc/kubernetes/manifests/{kind}-pod.yaml", text)
 
@@ -134,9 +150,16 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def prepare_host(spec: LabSpec, master: MasterSpec) -> None:
-    hosts.create_host_root(host_root(spec, master.node), node=master.node)
+def prepare_host(spec: LabSpec, master: NodeSpec) -> None:
+    root = host_root(spec, master.node)
+    hosts.create_host_root(root, node=master.node)
     sshd.ensure_host_key(spec.path / "ssh" / f"host_{master.node}")
+    if isinstance(master, WorkerSpec):
+        # A worker runs no etcd: the machine config lays the etcd scripts and data dir on masters only.
+        for name in MASTER_ONLY_FILES:
+            (root / "usr-local-bin" / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (root / "var/lib/etcd").rmdir()
 
 
 def ssh_paths(spec: LabSpec) -> dict[str, Path]:
@@ -152,7 +175,7 @@ def write_ssh_files(spec: LabSpec) -> None:
     sshd.ensure_client_key(paths["key"])
     paths["authorized_keys"].write_text(paths["pub"].read_text())
     known, config = [], []
-    for m in spec.masters:
+    for m in (*spec.masters, *spec.workers):
         host_key = spec.path / "ssh" / f"host_{m.node}"
         known.append(sshd.known_hosts_line("127.0.0.1", m.ssh_port, host_key))
         line = sshd.known_hosts_line("127.0.0.1", m.ssh_port, host_key).split(" ", 1)[1]
@@ -202,8 +225,9 @@ def env_lines(spec: LabSpec) -> list[str]:
         ("LAB_SSH_KEY", str(paths["key"])),
         ("LAB_KNOWN_HOSTS", str(paths["known_hosts"])),
         ("LAB_MASTERS", " ".join(m.node for m in spec.masters)),
+        ("LAB_WORKERS", " ".join(w.node for w in spec.workers)),
     ]
-    for m in spec.masters:
+    for m in (*spec.masters, *spec.workers):
         var = "LAB_SSH_" + m.node.split(".")[0].replace("-", "_").upper()
         values.append((var, f"core@127.0.0.1:{m.ssh_port}"))
     values += [
@@ -237,8 +261,9 @@ def lay_down(spec: LabSpec) -> None:
     etcd_client_files(spec)
     api_serving_files(spec)
     masters = list(spec.masters)
-    for m in masters:
-        prepare_host(spec, m)
+    # Host roots are mostly small file and symlink copies: in threads, they overlap their syscalls.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda node: prepare_host(spec, node), (*masters, *spec.workers)))
     install_node_certs(spec, masters=masters)
     for m in masters:
         if not (host_root(spec, m.node) / "etc/kubernetes/manifests/etcd-pod.yaml").exists():

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab import control, faults
-from lab.spec import LabSpec, new_lab_spec
+from lab import control, faults, upgrade
+from lab.spec import DEFAULT_WORKERS, LabSpec, new_lab_spec
 
 REQUIRED_BINARIES = {"etcd": "etcd-server", "etcdctl": "etcd-client", "redis-server": "redis-server",
                      "unshare": "util-linux", "python3": "python3"}
@@ -70,6 +70,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("--masters must be an odd number from 1 to 7 (etcd needs a majority)")
     if args.clock_speed <= 0:
         raise CliError("--clock-speed must be positive")
+    if args.workers < 0 or args.workers > 6:
+        raise CliError("--workers must be from 0 to 6")
+    if upgrade.parse_version(args.version) is None:
+        raise CliError(f"--version must be an OpenShift 4.5 z-stream like 4.5.2, not {args.version!r}")
     ping = running_daemon(lab_dir)
     if ping is not None:
         raise CliError(f"a lab is already running in {lab_dir} (pid {ping.get('pid')}); "
@@ -78,7 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"resuming the stopped lab in {lab_dir} (its data and certificates are kept)", file=sys.stderr)
     else:
         lab_dir.mkdir(parents=True, exist_ok=True)
-        new_lab_spec(lab_dir=lab_dir, masters=args.masters, version=args.version,
+        new_lab_spec(lab_dir=lab_dir, masters=args.masters, version=args.version, workers=args.workers,
                      installed_hours_ago=args.installed_hours_ago, clock_speed=args.clock_speed).save()
     for stale in ("start-failed", "children.pids"):
         (lab_dir / stale).unlink(missing_ok=True)
@@ -178,20 +182,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  Slack  {reply['slack']}")
     print(f"  Redis  {reply['redis']}")
     for h in reply["hosts"]:
-        print(f"  {h['node']:32} power {h['power']:3}  etcd {h['etcd']:11}  kube-apiserver {h['kube-apiserver']:11}"
-              f"  ssh {h['ssh']}")
+        if h.get("role", "master") == "master":
+            print(f"  {h['node']:32} power {h['power']:3}  etcd {h['etcd']:11}  kube-apiserver {h['kube-apiserver']:11}"
+                  f"  ssh {h['ssh']}")
+        else:
+            print(f"  {h['node']:32} power {h['power']:3}  worker{'':44}  ssh {h['ssh']}")
+    if reply.get("upgrade", {}).get("state") == "Partial":
+        print(f"  upgrade to {reply['upgrade']['version']} in progress")
     print("  faults " + (", ".join(reply["faults"]) or "none"))
     return 0
 
 
-def _validate_node(lab_dir: Path, node: str | None) -> None:
+def _validate_node(lab_dir: Path, node: str | None, *, masters_only: bool = False) -> None:
     if node is None:
         return
     spec = LabSpec.load(lab_dir)
     try:
-        spec.master(node)
+        found = spec.node(node)
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from exc
+    if masters_only and found.role != "master":
+        raise CliError(f"{node} is a worker: it runs no etcd; the masters are: {', '.join(m.node for m in spec.masters)}")
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
@@ -202,13 +213,13 @@ def cmd_fault(args: argparse.Namespace) -> int:
         if not args.target:
             raise CliError(f"fault {args.kind} needs a node: etcdbot-lab fault {args.kind} NODE")
         _require_running(lab_dir)
-        _validate_node(lab_dir, args.target)
+        _validate_node(lab_dir, args.target, masters_only=args.kind not in faults.ANY_NODE_FAULTS)
     print(_call(lab_dir, {"cmd": "fault", "kind": args.kind, "target": args.target})["message"])
     return 0
 
 
 def _node_request(cmd: str) -> Any:
-    """`heal [NODE]` and `power-on [NODE]`: one request about all masters or one valid node."""
+    """`heal [NODE]` and `power-on [NODE]`: one request about all nodes or one valid node."""
 
     def run(args: argparse.Namespace) -> int:
         lab_dir = Path(args.dir).resolve()
@@ -222,6 +233,25 @@ def _node_request(cmd: str) -> Any:
 
 cmd_heal = _node_request("heal")
 cmd_power_on = _node_request("power-on")
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Start a z-stream upgrade, as `oc adm upgrade --to` does; `--wait` blocks until it completes."""
+    lab_dir = Path(args.dir).resolve()
+    if upgrade.parse_version(args.to) is None:
+        raise CliError(f"--to must be an OpenShift 4.5 z-stream like 4.5.3, not {args.to!r}")
+    print(_call(lab_dir, {"cmd": "upgrade", "version": args.to})["message"])
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        reply = _call(lab_dir, {"cmd": "status"})
+        if reply.get("upgrade", {}).get("state") == "Completed" and reply.get("version") == args.to:
+            print(f"Cluster version is {args.to}")
+            return 0
+        time.sleep(0.5)
+    raise CliError(f"the upgrade to {args.to} did not complete in {args.timeout:.0f} s; "
+                   "`kubectl get clusterversion` shows where it is")
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -241,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--version", default="4.5.2", help="the cluster's OpenShift version (z-stream)")
     up.add_argument("--installed-hours-ago", type=float, default=48.0)
     up.add_argument("--clock-speed", type=float, default=1.0, help="lab clock speed (waits run N times faster)")
+    up.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker nodes (default 2; no etcd on them)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", parents=[common], help="stop the lab and every process it started")
@@ -260,9 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("node", nargs="?")
     heal.set_defaults(func=cmd_heal)
 
-    power = sub.add_parser("power-on", parents=[common], help="power masters on after `shutdown -h` (chapter 4)")
+    power = sub.add_parser("power-on", parents=[common], help="power nodes on after `shutdown -h` (chapter 4)")
     power.add_argument("node", nargs="?")
     power.set_defaults(func=cmd_power_on)
+
+    upgrade_cmd = sub.add_parser("upgrade", parents=[common], help="move the cluster to another 4.5 z-stream")
+    upgrade_cmd.add_argument("--to", required=True, help="the release to upgrade to, e.g. 4.5.3")
+    upgrade_cmd.add_argument("--wait", action="store_true", help="return when ClusterVersion says Completed")
+    upgrade_cmd.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
+    upgrade_cmd.set_defaults(func=cmd_upgrade)
 
     with contextlib.suppress(ImportError):
         from lab.slack.client import add_slack_commands

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab import faults
+from lab import faults, upgrade
 
 if TYPE_CHECKING:
     from lab.daemon import LabDaemon
@@ -36,10 +36,12 @@ async def handle(daemon: LabDaemon, request: dict[str, Any]) -> dict[str, Any]:
         return {"message": await faults.heal(daemon, request.get("target"))}
     if cmd == "power-on":
         target = request.get("target")
-        hosts = [h for h in daemon.hosts.values() if not target or h.node == target]
+        hosts = [h for h in daemon.all_hosts() if not target or h.node == target]
         for host in hosts:
             await daemon.power_on(host, after_shutdown=True)
         return {"message": "powered on " + ", ".join(h.node for h in hosts)}
+    if cmd == "upgrade":
+        return {"message": await daemon.upgrades.start(str(request.get("version", "")))}
     if cmd == "down":
         daemon.stopping.set()
         return {"message": "stopping"}
@@ -55,10 +57,12 @@ async def serve(daemon: LabDaemon) -> asyncio.AbstractServer:
             line = await reader.readline()
             try:
                 reply = {"ok": True, **(await handle(daemon, json.loads(line)))}
-            except (LabError, faults.FaultError, KeyError, ValueError) as exc:
+            except (LabError, faults.FaultError, upgrade.UpgradeError, KeyError, ValueError) as exc:
                 reply = {"ok": False, "error": str(exc).strip("'\"")}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
+        except ConnectionError:
+            pass  # the CLI gave up waiting (a ping under load): nobody to answer
         finally:
             writer.close()
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lab import seed
 from lab.apiserver.storage import AlreadyExists, NotFound, StoreUnavailable
 from lab.etcdadmin import EtcdUnavailable
+from lab.kubelet import KubeletEvent
 
 if TYPE_CHECKING:
     from lab.daemon import LabDaemon
@@ -29,6 +30,7 @@ UNREACHABLE_TAINTS = [
     {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
 ]
 TRANSIENT = (StoreUnavailable, EtcdUnavailable, TimeoutError, OSError)
+EVENT_TTL_SECONDS = 3 * 3600  # OpenShift runs kube-apiserver with --event-ttl=3h
 
 
 def _stable(obj: Any) -> str:
@@ -43,7 +45,7 @@ class MirrorPods:
         self._written: dict[str, str] = {}
 
     async def sync(self) -> None:
-        for host in list(self.d.hosts.values()):
+        for host in self.d.all_hosts():
             if not host.kubelet.powered or host.kubelet.frozen:
                 continue
             pods = host.kubelet.pod_statuses()
@@ -81,6 +83,20 @@ class MirrorPods:
     def forget(self) -> None:
         self._written.clear()
 
+    async def prune(self) -> None:
+        """Delete mirror pods whose static pod the node's kubelet no longer runs (after a restore
+        brought back pods of an older state, or a manifest moved away while the API was down)."""
+        for host in self.d.all_hosts():
+            if not host.kubelet.powered or host.kubelet.frozen:
+                continue
+            running = {p["metadata"]["name"] for p in host.kubelet.pod_statuses()}
+            pods, _ = await self.d.objects.list("pods", field_selector=f"spec.nodeName={host.node}")
+            for pod in pods:
+                meta = pod["metadata"]
+                if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}) and meta["name"] not in running:
+                    with contextlib.suppress(NotFound):
+                        await self.d.objects.delete("pods", meta["name"], namespace=meta["namespace"])
+
 
 class NodeStatus:
     """Ready while the host is on, its kubelet reports and its certificates are valid."""
@@ -90,11 +106,11 @@ class NodeStatus:
         self._written: dict[str, bool] = {}
 
     async def sync(self) -> None:
-        for host in list(self.d.hosts.values()):
+        for host in self.d.all_hosts():
             ready = host.kubelet.powered and not host.kubelet.frozen and not host.certs_expired
             if self._written.get(host.node) == ready:
                 continue
-            master = host.master
+            master = host.spec
 
             def update(node: dict[str, Any], *, ready: bool = ready, master: Any = master, host: Any = host) -> dict[str, Any]:
                 reason = "NodeStatusUnknown" if not host.certs_expired else "KubeletNotReady"
@@ -199,6 +215,16 @@ class Revisions:
     def __init__(self, daemon: LabDaemon) -> None:
         self.d = daemon
         self._rolling: set[str] = set()
+        self._requested: set[str] = set()  # new revisions an operator wants (a new release's images)
+
+    def request(self, resource: str) -> None:
+        """Roll a new revision of `resource` as an operator does when its operand's image changes."""
+        self._requested.add(resource)
+        self.d.poke()
+
+    def settled(self, resource: str) -> bool:
+        """No rollout of `resource` running or asked for."""
+        return resource not in self._rolling and resource not in self._requested
 
     async def sync(self) -> None:
         for resource in OPERATOR_RESOURCES:
@@ -209,8 +235,10 @@ class Revisions:
             status = obj.get("status", {})
             latest = status.get("latestAvailableRevision", 0)
             behind = [s for s in status.get("nodeStatuses", []) if s.get("currentRevision") != latest]
-            if (reason and reason != status.get("latestAvailableRevisionReason", "")) or self._has_missing_nodes(status):
+            if (reason and reason != status.get("latestAvailableRevisionReason", "")) or self._has_missing_nodes(status) \
+                    or resource in self._requested:
                 self._rolling.add(resource)
+                self._requested.discard(resource)
                 self.d.spawn(self._roll(resource, reason, bump=True), name=f"rollout-{resource}")
             elif behind:  # an interrupted rollout (etcd was down, a node was off) goes on
                 self._rolling.add(resource)
@@ -254,7 +282,7 @@ class Revisions:
                 await asyncio.sleep(0.5)  # an installer cannot run on a node that is down: the rollout waits
             await self._mark(resource, node, target=revision)
             await self.d.clock.sleep(INSTALLER_LAB_SECONDS / 2)
-            await self.d.install_revision(resource, host, revision)
+            await self.d.install_revision(resource, host, revision, reason=reason)
             await self.d.wait_static_pod_ready(resource, host)
             await self.d.clock.sleep(INSTALLER_LAB_SECONDS / 2)
             await self._mark(resource, node, current=revision)
@@ -281,3 +309,67 @@ class Revisions:
             set_condition(obj, "NodeInstallerProgressing", "True", "NodeInstaller", message)
         else:
             set_condition(obj, "NodeInstallerProgressing", "False", "AllNodesAtLatestRevision", message)
+
+
+class EventRecorder:
+    """Posts what the kubelets did as core/v1 Events, aggregated as the kubelet's correlator does:
+    the same reason and message about the same container bumps `count` and `lastTimestamp` of one
+    Event instead of making a new one. While the API cannot be written the events wait (the
+    kubelet's queue is bounded, as client-go's broadcaster is)."""
+
+    def __init__(self, daemon: LabDaemon) -> None:
+        self.d = daemon
+        self._names: dict[tuple[str, ...], str] = {}
+        self._next_prune = 0.0
+
+    async def sync(self) -> None:
+        for host in self.d.all_hosts():
+            queue = host.kubelet.events
+            while queue:
+                await self._record(queue[0])
+                queue.popleft()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            await self._prune()
+
+    async def _prune(self) -> None:
+        """Events live EVENT_TTL_SECONDS after they were last seen (kube-apiserver's --event-ttl)."""
+        cutoff = seed.iso(time.time() - EVENT_TTL_SECONDS)
+        events, _ = await self.d.objects.list("events")
+        for event in events:
+            if (event.get("lastTimestamp") or "") < cutoff:
+                with contextlib.suppress(NotFound):
+                    await self.d.objects.delete("events", event["metadata"]["name"],
+                                                namespace=event["metadata"]["namespace"])
+        if len(self._names) > 5000:
+            self._names.clear()  # a later repeat starts a new Event, as after the correlator's cache expires
+
+    async def _record(self, ev: KubeletEvent) -> None:
+        key = (ev.namespace, ev.pod_uid, ev.container, ev.type, ev.reason, ev.message)
+        name = self._names.get(key)
+        stamp = seed.iso(ev.at)
+        if name is not None:
+            def bump(obj: dict[str, Any]) -> dict[str, Any]:
+                obj["count"] = int(obj.get("count") or 1) + 1
+                obj["lastTimestamp"] = stamp
+                return obj
+
+            try:
+                await self.d.objects.mutate("events", name, bump, namespace=ev.namespace)
+                return
+            except NotFound:
+                pass  # expired or restored away: record it afresh
+        name = f"{ev.pod}.{time.time_ns():x}"
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ev.namespace},
+            "involvedObject": {"kind": "Pod", "namespace": ev.namespace, "name": ev.pod, "uid": ev.pod_uid,
+                               "apiVersion": "v1", "fieldPath": f"spec.containers{{{ev.container}}}"},
+            "reason": ev.reason, "message": ev.message,
+            "source": {"component": "kubelet", "host": ev.node},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": ev.type,
+            "eventTime": None, "reportingComponent": "", "reportingInstance": "",
+        }
+        with contextlib.suppress(AlreadyExists):
+            await self.d.objects.create("events", event)
+        self._names[key] = name

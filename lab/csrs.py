@@ -67,7 +67,7 @@ class CsrController:
         self._epoch: dict[str, int] = {}  # node -> which restart its current CSRs belong to
 
     def after_restart(self, node: str) -> None:
-        host = self.d.hosts.get(node)
+        host = self.d.host(node)
         if host is not None:
             host.certs_expired = True
         self._epoch[node] = self._epoch.get(node, 0) + 1
@@ -92,7 +92,7 @@ class CsrController:
                     self._queue.append(csr_object(node, serving=True, epoch=self._epoch[node]))
             issued.setdefault(node, set()).add(str(kind))
         for node, kinds in issued.items():
-            host = self.d.hosts.get(node)
+            host = self.d.host(node)
             pending = any(not is_approved(c) and c["metadata"].get("labels", {}).get("lab.etcdbot/node") == node
                           for c in items) or any(q["metadata"]["labels"]["lab.etcdbot/node"] == node for q in self._queue)
             if host is not None and host.certs_expired and {"client", "serving"} <= kinds and not pending:

@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import bootstrap, control, faults, machines, manifests, seed
+from lab import bootstrap, control, faults, machines, manifests, seed, upgrade
 from lab.apiserver.objects import Objects
-from lab.apiserver.server import ApiServer, ExecError
+from lab.apiserver.server import ApiServer, ExecError, LogSource
 from lab.apiserver.storage import EtcdStore, NotFound, StoreUnavailable
 from lab.clock import LabClock
-from lab.controllers import TRANSIENT, EtcdMembersStatus, MirrorPods, NodeStatus, Revisions
+from lab.controllers import TRANSIENT, EtcdMembersStatus, EventRecorder, MirrorPods, NodeStatus, Revisions
 from lab.csrs import CsrController
 from lab.etcdadmin import EtcdAdmin, EtcdUnavailable
 from lab.hosts import spawn_in_host
-from lab.kubelet import Kubelet
+from lab.kubelet import Kubelet, StaticPod
 from lab.slack.workspace import SlackWorkspace
-from lab.spec import LabSpec, MasterSpec
+from lab.spec import LabSpec, MasterSpec, NodeSpec
 from lab.sshd import HostSSHServer
 
 API_VERSION = {
@@ -46,7 +46,9 @@ READY_DEADLINE_SECONDS = 60.0
 
 @dataclass
 class Host:
-    master: MasterSpec
+    """One machine of the lab, master or worker: its root, kubelet and SSH server."""
+
+    spec: NodeSpec
     root: Path
     kubelet: Kubelet
     ssh: HostSSHServer
@@ -56,7 +58,18 @@ class Host:
 
     @property
     def node(self) -> str:
-        return self.master.node
+        return self.spec.node
+
+    @property
+    def is_master(self) -> bool:
+        return isinstance(self.spec, MasterSpec)
+
+    @property
+    def master(self) -> MasterSpec:
+        """The master's spec (ports of its etcd member); a worker has none."""
+        if not isinstance(self.spec, MasterSpec):
+            raise TypeError(f"{self.node} is a worker: it has no etcd member")
+        return self.spec
 
 
 class LabDaemon:
@@ -64,7 +77,8 @@ class LabDaemon:
         self.dir = lab_dir.resolve()
         self.spec = LabSpec.load(self.dir)
         self.clock = LabClock(speed=self.spec.clock_speed)
-        self.hosts: dict[str, Host] = {}
+        self.hosts: dict[str, Host] = {}  # the masters
+        self.workers: dict[str, Host] = {}
         self.api_faulted = False
         self.active_faults: list[tuple[str, str]] = []  # (kind, target) for `status`; see lab/faults.py
         self.ready = False
@@ -78,7 +92,7 @@ class LabDaemon:
         _, api_cert, api_key = bootstrap.api_serving_files(self.spec)
         self.api = ApiServer(objects=self.objects, host="127.0.0.1", port=self.spec.api_port, cert_file=api_cert,
                              key_file=api_key, token=self.spec.api_token, exec_handler=self.exec_in_pod,
-                             version=API_VERSION)
+                             version=API_VERSION, log_handler=self.pod_log)
         self.slack = SlackWorkspace(port=self.spec.slack_port, bot_token=self.spec.slack_bot_token,
                                     app_token=self.spec.slack_app_token,
                                     signing_secret=self.spec.slack_signing_secret,
@@ -90,6 +104,8 @@ class LabDaemon:
         self.revisions = Revisions(self)
         self.machines = machines.MachineController(self)
         self.csrs = CsrController(self)
+        self.events = EventRecorder(self)
+        self.upgrades = upgrade.ClusterVersionOperator(self)
 
     # ---- helpers other modules use ---------------------------------------------------------
     def log(self, message: str) -> None:
@@ -97,6 +113,13 @@ class LabDaemon:
 
     def client_urls(self) -> list[str]:
         return [m.client_url for m in self.spec.masters]
+
+    def all_hosts(self) -> list[Host]:
+        """Masters then workers."""
+        return [*self.hosts.values(), *self.workers.values()]
+
+    def host(self, node: str) -> Host | None:
+        return self.hosts.get(node) or self.workers.get(node)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -113,28 +136,34 @@ class LabDaemon:
 
     # ---- start -------------------------------------------------------------------------------
     async def start(self) -> None:
+        started = time.monotonic()
         bootstrap.lay_down(self.spec)
+        laid = time.monotonic()
         await self._start_redis()
-        for master in self.spec.masters:
-            await self.add_host(master)
+        for node in (*self.spec.masters, *self.spec.workers):
+            await self.add_host(node, prepared=True)  # lay_down prepared every host root
+        hosts = time.monotonic()
         await self._wait_for_quorum()
+        quorum = time.monotonic()
         await self._seed()
         await self.api.start()
         await self.slack.start()
         self.spawn(self._control_loop(), name="controllers")
         self.ready = True
-        self.log("lab ready")
+        self.log(f"lab ready in {time.monotonic() - started:.1f} s (files {laid - started:.1f} s, hosts "
+                 f"{hosts - laid:.1f} s, etcd quorum {quorum - hosts:.1f} s, objects {time.monotonic() - quorum:.1f} s)")
 
-    async def add_host(self, master: MasterSpec) -> Host:
+    async def add_host(self, master: NodeSpec, *, prepared: bool = False) -> Host:
         root = bootstrap.host_root(self.spec, master.node)
-        bootstrap.prepare_host(self.spec, master)
+        if not prepared:
+            bootstrap.prepare_host(self.spec, master)
         kubelet = Kubelet(node=master.node, root=root, clock=self.clock, on_change=self.poke)
         kubelet.on_spawn = self.record_pid
         ssh = HostSSHServer(node=master.node, root=root, port=master.ssh_port,
                             host_key_path=self.dir / "ssh" / f"host_{master.node}",
                             authorized_keys_path=bootstrap.ssh_paths(self.spec)["authorized_keys"])
-        host = Host(master=master, root=root, kubelet=kubelet, ssh=ssh)
-        self.hosts[master.node] = host
+        host = Host(spec=master, root=root, kubelet=kubelet, ssh=ssh)
+        (self.hosts if host.is_master else self.workers)[master.node] = host
         await ssh.start()
         self.spawn(kubelet.run(), name=f"kubelet-{master.node}")
         return host
@@ -179,16 +208,19 @@ class LabDaemon:
                 self.mirror.forget()
                 self.nodes.forget()
                 self.members.forget()
+                await self._guard(self.mirror.prune())
             await self._guard(self._sync_api_availability())
             await self._guard(self._check_shutdowns())
             await self._guard(self.mirror.sync())
             await self._guard(self.nodes.sync())
+            await self._guard(self.events.sync())
             if time.monotonic() >= slow_every:
                 slow_every = time.monotonic() + 1.0
                 await self._guard(self.members.sync())
                 await self._guard(self.revisions.sync())
                 await self._guard(self.machines.sync())
                 await self._guard(self.csrs.sync())
+                await self._guard(self.upgrades.sync())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
@@ -213,7 +245,7 @@ class LabDaemon:
             await self.api.stop()
 
     async def _check_shutdowns(self) -> None:
-        for host in list(self.hosts.values()):
+        for host in self.all_hosts():
             request = host.root / "run/lab/shutdown"
             if request.exists() and host.kubelet.powered:
                 try:
@@ -249,17 +281,17 @@ class LabDaemon:
             self.csrs.after_restart(host.node)
         self.poke()
 
-    async def install_revision(self, resource: str, host: Host, revision: int) -> None:
+    async def install_revision(self, resource: str, host: Host, revision: int, *, reason: str = "") -> None:
         """What an installer pod does on one node: write the new static pod manifest."""
         if resource == "etcds":
-            await self._install_etcd(host, revision)
+            await self._install_etcd(host, revision, reason=reason)
             return
         kind = {"kubeapiservers": "kube-apiserver", "kubecontrollermanagers": "kube-controller-manager",
                 "kubeschedulers": "kube-scheduler"}[resource]
-        bootstrap.write_control_plane_manifest(self.spec, host.master, kind, revision=revision)
+        bootstrap.write_control_plane_manifest(self.spec, host.master, kind, revision=revision, reason=reason)
         host.kubelet.poke()
 
-    async def _install_etcd(self, host: Host, revision: int) -> None:
+    async def _install_etcd(self, host: Host, revision: int, *, reason: str = "") -> None:
         members = await self.etcd.member_list(self._live_client_urls())
         master = host.master
         await self._ensure_node_secrets(master)
@@ -284,7 +316,7 @@ class LabDaemon:
             cluster.append(master)
         bootstrap.install_node_certs(self.spec, masters=[h.master for h in self.hosts.values()])
         bootstrap.write_etcd_manifest(self.spec, master, revision=revision, initial_cluster=cluster,
-                                      endpoints=cluster, state=state)
+                                      endpoints=cluster, state=state, reason=reason)
         host.kubelet.poke()
 
     async def wait_static_pod_ready(self, resource: str, host: Host, *, timeout: float = 60.0) -> None:
@@ -334,12 +366,13 @@ class LabDaemon:
         for kind in manifests.CONTROL_PLANE_KINDS:
             bootstrap.write_control_plane_manifest(self.spec, master, kind, revision=2)
         (host_root / "var/lib/etcd").mkdir(parents=True, exist_ok=True)
-        host = await self.add_host(master)
+        host = await self.add_host(master, prepared=True)
         self.store.set_endpoints(self.client_urls())
         return host
 
     async def remove_master(self, node: str) -> None:
-        host = self.hosts.pop(node, None)
+        """A machine is gone for good (master or worker): its SSH, kubelet and node status stop."""
+        host = self.hosts.pop(node, None) or self.workers.pop(node, None)
         if host is None:
             return
         await host.ssh.stop()
@@ -350,9 +383,33 @@ class LabDaemon:
         self.nodes.forget(node)
 
     # ---- pod exec ------------------------------------------------------------------------------
+    def _pod_host(self, pod: str) -> tuple[Host, StaticPod] | None:
+        for host in self.all_hosts():
+            static = host.kubelet.find_pod(pod)
+            if static is not None:
+                return host, static
+        return None
+
+    async def pod_log(self, namespace: str, pod: str, container: str, previous: bool) -> LogSource:
+        """What the kubelet's containerLogs answers for `kubectl logs` (via the API's pods/log)."""
+        found = self._pod_host(pod)
+        if found is None or found[1].namespace != namespace:
+            raise ExecError(404, f'pods "{pod}" not found')
+        host, _ = found
+        if not host.kubelet.powered or host.kubelet.frozen:
+            ip = host.spec.ip
+            raise ExecError(500, f'Get "https://{ip}:10250/containerLogs/{namespace}/{pod}/{container}": '
+                                 f"dial tcp {ip}:10250: connect: no route to host")
+        try:
+            path = host.kubelet.log_file(pod, container, previous=previous)
+        except LookupError as exc:
+            raise ExecError(400, str(exc).strip("'\"")) from None
+        kubelet = host.kubelet
+        return LogSource(path=path, live=lambda: not previous and kubelet.container_running(pod, container))
+
     async def exec_in_pod(self, namespace: str, pod: str, container: str, command: list[str], stdin: bool,
                           tty: bool) -> asyncio.subprocess.Process:
-        for host in self.hosts.values():
+        for host in self.all_hosts():
             static = host.kubelet.find_pod(pod)
             if static is None or static.namespace != namespace or not host.kubelet.powered:
                 continue
@@ -386,12 +443,14 @@ class LabDaemon:
             "redis": f"redis://127.0.0.1:{self.spec.redis_port}/0",
             "etcd": members_message,
             "faults": faults.active(self),
+            "upgrade": self.upgrades.summary(),
             "hosts": [
-                {"node": h.node, "machine": h.master.machine, "power": "on" if h.kubelet.powered else "off",
-                 "ssh": f"127.0.0.1:{h.master.ssh_port}",
+                {"node": h.node, "role": h.spec.role, "machine": h.spec.machine,
+                 "power": "on" if h.kubelet.powered else "off",
+                 "ssh": f"127.0.0.1:{h.spec.ssh_port}",
                  "etcd": "running" if h.kubelet.running("etcd-", "etcd") else "not running",
                  "kube-apiserver": "running" if h.kubelet.running("kube-apiserver-", "kube-apiserver") else "not running"}
-                for h in self.hosts.values()
+                for h in self.all_hosts()
             ],
         }
 
@@ -400,7 +459,7 @@ class LabDaemon:
         self.stopping.set()
         for task in list(self._tasks):
             task.cancel()
-        for host in self.hosts.values():
+        for host in self.all_hosts():
             with contextlib.suppress(Exception):
                 await host.ssh.stop()
             with contextlib.suppress(Exception):

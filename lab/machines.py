@@ -2,8 +2,9 @@
 
 A new Machine goes Provisioning -> Provisioned -> Running on the lab clock and brings up a new
 master host (with its own SSH and static pods) and a Ready node; etcd then scales up through
-the operator's revision rollout. Deleting a master's Machine terminates its instance: the host
-powers off for good and its Node goes away. A stopped instance shows
+the operator's revision rollout. Deleting a Machine (master or worker) terminates its instance: the
+host powers off for good and its Node goes away. Worker MachineSets report their replicas and
+ready replicas; they do not create replacement machines. A stopped instance shows
 `providerStatus.instanceState: stopped` while the phase stays Running, as on AWS.
 """
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 NAMESPACE = "openshift-machine-api"
 PROVISIONING_LAB_SECONDS = 120.0
 BOOT_LAB_SECONDS = 60.0
+MACHINESET_RESYNC_SECONDS = 3.0  # wall seconds between MachineSet status updates (two list calls each)
 
 
 class MachineController:
@@ -31,6 +33,7 @@ class MachineController:
         self._instance_state: dict[str, str] = {}  # node -> state still to write
         self._provisioning: dict[str, float] = {}  # machine -> monotonic deadline
         self._booting: dict[str, tuple[float, MasterSpec]] = {}
+        self._next_machinesets = 0.0
 
     def set_instance_state(self, node: str, state: str) -> None:
         self._instance_state[node] = state
@@ -39,8 +42,8 @@ class MachineController:
         items, _ = await self.d.objects.list("machines", namespace=NAMESPACE)
         by_node = {m.get("status", {}).get("nodeRef", {}).get("name"): m for m in items}
         names = {m["metadata"]["name"] for m in items}
-        for host in list(self.d.hosts.values()):
-            if host.node not in by_node and host.master.machine not in names:
+        for host in self.d.all_hosts():
+            if host.node not in by_node and host.spec.machine not in names:
                 await self._terminate(host.node)
         for node, state in list(self._instance_state.items()):
             machine = by_node.get(node)
@@ -49,6 +52,35 @@ class MachineController:
             self._instance_state.pop(node, None)
         for machine in items:
             await self._advance(machine)
+        if time.monotonic() >= self._next_machinesets:
+            self._next_machinesets = time.monotonic() + MACHINESET_RESYNC_SECONDS
+            await self._machinesets(items)
+
+    async def _machinesets(self, machines: list[dict[str, Any]]) -> None:
+        """MachineSet status: its machines, and how many of them back a Ready node."""
+        sets, _ = await self.d.objects.list("machinesets", namespace=NAMESPACE)
+        if not sets:
+            return
+        nodes, _ = await self.d.objects.list("nodes")
+        ready_nodes = {n["metadata"]["name"] for n in nodes
+                       if any(c.get("type") == "Ready" and c.get("status") == "True"
+                              for c in (n.get("status") or {}).get("conditions") or [])}
+        for ms in sets:
+            name = ms["metadata"]["name"]
+            owned = [m for m in machines
+                     if (m["metadata"].get("labels") or {}).get("machine.openshift.io/cluster-api-machineset") == name]
+            ready = sum(1 for m in owned if (m.get("status") or {}).get("nodeRef", {}).get("name") in ready_nodes)
+            status = {"replicas": len(owned), "fullyLabeledReplicas": len(owned), "readyReplicas": ready,
+                      "availableReplicas": ready, "observedGeneration": ms["metadata"].get("generation", 1)}
+            if all((ms.get("status") or {}).get(k) == v for k, v in status.items()):
+                continue
+
+            def update(obj: dict[str, Any], *, status: dict[str, Any] = status) -> dict[str, Any]:
+                obj["status"] = {**(obj.get("status") or {}), **status}
+                return obj
+
+            with contextlib.suppress(NotFound):
+                await self.d.objects.mutate("machinesets", name, update, namespace=NAMESPACE)
 
     async def _write_state(self, name: str, state: str) -> None:
         def update(m: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ it, and what the lab's cluster-backup.sh reads. Paths are the pod's own
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Sequence
 
@@ -19,6 +20,20 @@ ETCD_IMAGE = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:36f86e2eeaaf
 APISERVER_IMAGE = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:8d6c1ae5f8f5b2a5e1e5e6f0e4dcd1bb8e0aa6c4b0ea1ab2c9bcbd07f3c4e2a1"
 KCM_IMAGE = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:1f8e8a0b7b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6"
 SCHEDULER_IMAGE = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:9a8b7c6d5e4f30211a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7080"
+
+IMAGE_REPO = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:"
+# The images of 4.5.2 (the lab's default release), kept literal so a new lab's manifests stay
+# byte-identical to earlier ones; other z-streams get their own digests (`images`).
+_IMAGES_452 = {"etcd": ETCD_IMAGE, "kube-apiserver": APISERVER_IMAGE, "kube-controller-manager": KCM_IMAGE,
+               "kube-scheduler": SCHEDULER_IMAGE}
+
+
+def images(version: str) -> dict[str, str]:
+    """Component -> image of one release: an upgrade changes every digest, as a new payload does."""
+    if version == "4.5.2":
+        return dict(_IMAGES_452)
+    return {name: IMAGE_REPO + hashlib.sha256(f"{version}/{name}".encode()).hexdigest() for name in _IMAGES_452}
+
 
 CERTS = "/etc/kubernetes/static-pod-certs"
 SERVING_CA = f"{CERTS}/configmaps/etcd-serving-ca/ca-bundle.crt"
@@ -104,7 +119,15 @@ def _pod(name: str, *, revision: int, labels: dict[str, str], containers: list[d
     return yaml.safe_dump(pod, sort_keys=False, width=10_000)
 
 
-def _etcd_containers(master: MasterSpec, *, command: list[str], endpoints: Sequence[MasterSpec]) -> list[dict]:
+def readiness_probe(master: MasterSpec) -> dict:
+    """The etcd container's readiness: etcd's own /health on its (loopback, plain HTTP) metrics URL."""
+    return {"httpGet": {"host": "127.0.0.1", "path": "/health", "port": master.metrics_port, "scheme": "HTTP"},
+            "initialDelaySeconds": 3, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3,
+            "successThreshold": 1}
+
+
+def _etcd_containers(master: MasterSpec, *, command: list[str], endpoints: Sequence[MasterSpec],
+                     image: str = ETCD_IMAGE) -> list[dict]:
     mounts = [
         {"mountPath": "/etc/kubernetes/manifests", "name": "static-pod-dir"},
         {"mountPath": CERTS, "name": "cert-dir"},
@@ -113,22 +136,23 @@ def _etcd_containers(master: MasterSpec, *, command: list[str], endpoints: Seque
     return [
         {
             "name": "etcdctl",
-            "image": ETCD_IMAGE,
+            "image": image,
             "command": ["/bin/bash", "-c", "trap TERM INT; sleep infinity & wait"],
             "env": etcdctl_env(master, endpoints=endpoints),
             "volumeMounts": mounts,
         },
         {
             "name": "etcd",
-            "image": ETCD_IMAGE,
+            "image": image,
             "command": command,
             "env": etcdctl_env(master, endpoints=endpoints),
             "volumeMounts": mounts,
+            "readinessProbe": readiness_probe(master),
             "securityContext": {"privileged": True},
         },
         {
             "name": "etcd-metrics",
-            "image": ETCD_IMAGE,
+            "image": image,
             "command": ["etcd", "grpc-proxy", "start", f"--metrics-addr=https://0.0.0.0:{9979}"],
             "volumeMounts": mounts,
         },
@@ -137,16 +161,17 @@ def _etcd_containers(master: MasterSpec, *, command: list[str], endpoints: Seque
 
 def etcd_pod_yaml(
     master: MasterSpec, *, revision: int, initial_cluster: Sequence[MasterSpec], endpoints: Sequence[MasterSpec],
-    state: str = "new",
+    state: str = "new", version: str = "4.5.2",
 ) -> str:
     """`/etc/kubernetes/manifests/etcd-pod.yaml` of one master."""
     command = etcd_command(master, initial_cluster=initial_cluster, state=state)
     labels = {"namespace": "openshift-etcd", "app": "etcd", "k8s-app": "etcd", "etcd": "true"}
     return _pod("etcd", revision=revision, labels=labels, default="etcdctl",
-                containers=_etcd_containers(master, command=command, endpoints=endpoints))
+                containers=_etcd_containers(master, command=command, endpoints=endpoints,
+                                            image=images(version)["etcd"]))
 
 
-def restore_pod_yaml(master: MasterSpec, *, revision: int) -> str:
+def restore_pod_yaml(master: MasterSpec, *, revision: int, version: str = "4.5.2") -> str:
     """The restore pod: restores `/var/lib/etcd-backup/snapshot.db` into a fresh single-member data
     dir, then runs etcd on it, as OpenShift's restore-pod.yaml does."""
     single = etcd_command(master, initial_cluster=[master], state="new")
@@ -169,16 +194,17 @@ def restore_pod_yaml(master: MasterSpec, *, revision: int) -> str:
     )
     labels = {"namespace": "openshift-etcd", "app": "etcd", "k8s-app": "etcd", "etcd": "true"}
     return _pod("etcd", revision=revision, labels=labels, default="etcdctl",
-                containers=_etcd_containers(master, command=["/bin/bash", "-c", restore], endpoints=[master]))
+                containers=_etcd_containers(master, command=["/bin/bash", "-c", restore], endpoints=[master],
+                                            image=images(version)["etcd"]))
 
 
-def control_plane_pod_yaml(kind: str, *, revision: int) -> str:
+def control_plane_pod_yaml(kind: str, *, revision: int, version: str = "4.5.2") -> str:
     """kube-apiserver / kube-controller-manager / kube-scheduler: containers without a process."""
-    images = {"kube-apiserver": APISERVER_IMAGE, "kube-controller-manager": KCM_IMAGE, "kube-scheduler": SCHEDULER_IMAGE}
+    image = images(version)[kind]
     namespace = f"openshift-{kind}"
-    containers = [{"name": kind, "image": images[kind], "command": ["hyperkube", kind]}]
+    containers = [{"name": kind, "image": image, "command": ["hyperkube", kind]}]
     if kind == "kube-apiserver":
-        containers.append({"name": "kube-apiserver-insecure-readyz", "image": images[kind], "command": ["cluster-kube-apiserver-operator"]})
+        containers.append({"name": "kube-apiserver-insecure-readyz", "image": image, "command": ["cluster-kube-apiserver-operator"]})
     labels = {"namespace": namespace, "app": f"openshift-{kind}", kind.split("-")[-1]: "true"}
     return _pod(kind, revision=revision, labels=labels, default=kind, containers=containers)
 

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from lab import bootstrap, pki
-from lab.spec import LabSpec, MasterSpec
+from lab.spec import ZONES, LabSpec, MasterSpec, NodeSpec, WorkerSpec
 
 CLUSTER_OPERATORS = [
     "authentication", "cloud-credential", "cluster-autoscaler", "config-operator", "console",
@@ -45,23 +45,32 @@ def meta(name: str, *, namespace: str | None = None, created: float, **extra: An
     return m
 
 
-def node_object(master: MasterSpec, *, created: float) -> dict[str, Any]:
+def instance_type(node: NodeSpec) -> str:
+    return "m5.xlarge" if node.role == "master" else "m5.large"
+
+
+def node_object(master: NodeSpec, *, created: float) -> dict[str, Any]:
+    """A master's or a worker's Node: role label, the master taint on masters only."""
+    itype = instance_type(master)
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": meta(master.node, created=created, labels={
-            "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/instance-type": "m5.xlarge",
+            "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/instance-type": itype,
             "beta.kubernetes.io/os": "linux", "kubernetes.io/hostname": master.node.split(".")[0],
-            "kubernetes.io/os": "linux", "node-role.kubernetes.io/master": "",
-            "node.kubernetes.io/instance-type": "m5.xlarge", "topology.kubernetes.io/zone": master.zone,
+            "kubernetes.io/os": "linux", f"node-role.kubernetes.io/{master.role}": "",
+            "node.kubernetes.io/instance-type": itype, "topology.kubernetes.io/zone": master.zone,
             "topology.kubernetes.io/region": "us-east-1",
-        }, annotations={"machine.openshift.io/machine": f"openshift-machine-api/{master.machine}"}),
+            "node.openshift.io/os_id": "rhcos",
+        }, annotations={"machine.openshift.io/machine": f"openshift-machine-api/{master.machine}",
+                        "machineconfiguration.openshift.io/state": "Done"}),
         "spec": {"providerID": f"aws:///{master.zone}/i-0{uuid.uuid5(uuid.NAMESPACE_DNS, master.node).hex[:16]}",
-                 "taints": [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}]},
+                 "taints": [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}]
+                 if master.role == "master" else []},
         "status": node_status(ready=True, master=master),
     }
 
 
-def node_status(*, ready: bool, master: MasterSpec, reason: str = "") -> dict[str, Any]:
+def node_status(*, ready: bool, master: NodeSpec, reason: str = "") -> dict[str, Any]:
     now = iso(time.time())
     if ready:
         ready_cond = {"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -86,35 +95,81 @@ def node_status(*, ready: bool, master: MasterSpec, reason: str = "") -> dict[st
     }
 
 
-def machine_object(spec: LabSpec, master: MasterSpec, *, created: float) -> dict[str, Any]:
+def provider_spec(spec: LabSpec, *, role: str, zone: str) -> dict[str, Any]:
+    return {"value": {
+        "apiVersion": "awsproviderconfig.openshift.io/v1beta1", "kind": "AWSMachineProviderConfig",
+        "ami": {"id": "ami-0d5f9982f029fbc14"}, "instanceType": "m5.xlarge" if role == "master" else "m5.large",
+        "placement": {"availabilityZone": zone, "region": "us-east-1"},
+        "iamInstanceProfile": {"id": f"{spec.infra_id}-{role}-profile"},
+        "subnet": {"filters": [{"name": "tag:Name", "values": [f"{spec.infra_id}-private-{zone}"]}]},
+        "userDataSecret": {"name": f"{role}-user-data"}, "credentialsSecret": {"name": "aws-cloud-credentials"},
+    }}
+
+
+def machine_labels(spec: LabSpec, *, role: str, zone: str) -> dict[str, str]:
+    return {
+        "machine.openshift.io/cluster-api-cluster": spec.infra_id,
+        "machine.openshift.io/cluster-api-machine-role": role,
+        "machine.openshift.io/cluster-api-machine-type": role,
+        "machine.openshift.io/instance-type": "m5.xlarge" if role == "master" else "m5.large",
+        "machine.openshift.io/region": "us-east-1", "machine.openshift.io/zone": zone,
+    }
+
+
+def machineset_uid(spec: LabSpec, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.infra_id}/{name}"))
+
+
+def machine_object(spec: LabSpec, master: NodeSpec, *, created: float) -> dict[str, Any]:
     instance = "i-0" + uuid.uuid5(uuid.NAMESPACE_DNS, master.node).hex[:16]
+    labels = machine_labels(spec, role=master.role, zone=master.zone)
+    extra: dict[str, Any] = {}
+    if isinstance(master, WorkerSpec):
+        labels["machine.openshift.io/cluster-api-machineset"] = master.machineset
+        extra["ownerReferences"] = [{"apiVersion": "machine.openshift.io/v1beta1", "kind": "MachineSet",
+                                     "name": master.machineset, "uid": machineset_uid(spec, master.machineset),
+                                     "controller": True, "blockOwnerDeletion": True}]
     return {
         "apiVersion": "machine.openshift.io/v1beta1", "kind": "Machine",
-        "metadata": meta(master.machine, namespace="openshift-machine-api", created=created, labels={
-            "machine.openshift.io/cluster-api-cluster": spec.infra_id,
-            "machine.openshift.io/cluster-api-machine-role": "master",
-            "machine.openshift.io/cluster-api-machine-type": "master",
-            "machine.openshift.io/instance-type": "m5.xlarge",
-            "machine.openshift.io/region": "us-east-1", "machine.openshift.io/zone": master.zone,
-        }, annotations={"machine.openshift.io/instance-state": "running"}, finalizers=["machine.machine.openshift.io"],
-            selfLink=f"/apis/machine.openshift.io/v1beta1/namespaces/openshift-machine-api/machines/{master.machine}"),
+        "metadata": meta(master.machine, namespace="openshift-machine-api", created=created, labels=labels,
+                         annotations={"machine.openshift.io/instance-state": "running"},
+                         finalizers=["machine.machine.openshift.io"],
+                         selfLink=f"/apis/machine.openshift.io/v1beta1/namespaces/openshift-machine-api/machines/{master.machine}",
+                         **extra),
         "spec": {
             "metadata": {},
             "providerID": f"aws:///{master.zone}/{instance}",
-            "providerSpec": {"value": {
-                "apiVersion": "awsproviderconfig.openshift.io/v1beta1", "kind": "AWSMachineProviderConfig",
-                "ami": {"id": "ami-0d5f9982f029fbc14"}, "instanceType": "m5.xlarge",
-                "placement": {"availabilityZone": master.zone, "region": "us-east-1"},
-                "iamInstanceProfile": {"id": f"{spec.infra_id}-master-profile"},
-                "subnet": {"filters": [{"name": "tag:Name", "values": [f"{spec.infra_id}-private-{master.zone}"]}]},
-                "userDataSecret": {"name": "master-user-data"}, "credentialsSecret": {"name": "aws-cloud-credentials"},
-            }},
+            "providerSpec": provider_spec(spec, role=master.role, zone=master.zone),
         },
         "status": machine_status(master, phase="Running", instance_state="running", instance_id=instance),
     }
 
 
-def machine_status(master: MasterSpec | None, *, phase: str, instance_state: str, instance_id: str) -> dict[str, Any]:
+def machineset_object(spec: LabSpec, zone: str, *, replicas: int, created: float) -> dict[str, Any]:
+    """A worker MachineSet as the installer makes one per zone (machine.openshift.io/v1beta1)."""
+    name = f"{spec.infra_id}-worker-{zone}"
+    selector = {"machine.openshift.io/cluster-api-cluster": spec.infra_id,
+                "machine.openshift.io/cluster-api-machineset": name}
+    return {
+        "apiVersion": "machine.openshift.io/v1beta1", "kind": "MachineSet",
+        "metadata": meta(name, namespace="openshift-machine-api", created=created, uid=machineset_uid(spec, name),
+                         labels={"machine.openshift.io/cluster-api-cluster": spec.infra_id},
+                         selfLink=f"/apis/machine.openshift.io/v1beta1/namespaces/openshift-machine-api/machinesets/{name}"),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**selector, "machine.openshift.io/cluster-api-machine-role": "worker",
+                                        "machine.openshift.io/cluster-api-machine-type": "worker"}},
+                "spec": {"metadata": {}, "providerSpec": provider_spec(spec, role="worker", zone=zone)},
+            },
+        },
+        "status": {"replicas": replicas, "fullyLabeledReplicas": replicas, "readyReplicas": replicas,
+                   "availableReplicas": replicas, "observedGeneration": 1},
+    }
+
+
+def machine_status(master: NodeSpec | None, *, phase: str, instance_state: str, instance_id: str) -> dict[str, Any]:
     status: dict[str, Any] = {
         "phase": phase,
         "lastUpdated": iso(time.time()),
@@ -174,6 +229,10 @@ def cluster_operator(name: str, *, version: str, created: float) -> dict[str, An
     }
 
 
+def release_image(version: str) -> str:
+    return f"quay.io/openshift-release-dev/ocp-release@sha256:{uuid.uuid5(uuid.NAMESPACE_URL, version).hex * 2}"
+
+
 def cluster_version(spec: LabSpec) -> dict[str, Any]:
     done = spec.installed_at + 1800
     return {
@@ -182,9 +241,9 @@ def cluster_version(spec: LabSpec) -> dict[str, Any]:
         "spec": {"channel": "stable-4.5", "clusterID": str(uuid.uuid5(uuid.NAMESPACE_URL, spec.infra_id)),
                  "upstream": "https://api.openshift.com/api/upgrades_info/v1/graph"},
         "status": {
-            "desired": {"version": spec.version, "image": f"quay.io/openshift-release-dev/ocp-release@sha256:{uuid.uuid5(uuid.NAMESPACE_URL, spec.version).hex * 2}"},
-            "history": [{"state": "Completed", "version": spec.version, "startedTime": iso(spec.installed_at),
-                         "completionTime": iso(done), "verified": False}],
+            "desired": {"version": spec.version, "image": release_image(spec.version)},
+            "history": [{"state": "Completed", "version": spec.version, "image": release_image(spec.version),
+                         "startedTime": iso(spec.installed_at), "completionTime": iso(done), "verified": False}],
             "observedGeneration": 1, "versionHash": "lab",
             "conditions": [
                 {"type": "Available", "status": "True", "lastTransitionTime": iso(done), "message": f"Done applying {spec.version}"},
@@ -224,6 +283,13 @@ def initial_objects(spec: LabSpec) -> list[tuple[str, dict[str, Any]]]:
         out.append(("machines", machine_object(spec, m, created=t0)))
         for secret in node_secrets(spec, m, created=t0 + 600):
             out.append(("secrets", secret))
+    for zone in ZONES:
+        replicas = sum(1 for w in spec.workers if w.zone == zone)
+        out.append(("machinesets", machineset_object(spec, zone, replicas=replicas, created=t0)))
+    for w in spec.workers:
+        out.append(("machines", machine_object(spec, w, created=t0 + 900)))
+        out.append(("nodes", node_object(w, created=t0 + 1200)))
+    out += rbac_objects(created=t0)
     ca_pem = bootstrap.etcd_ca(spec).cert_pem.decode()
     for name in ("etcd-serving-ca", "etcd-peer-client-ca"):
         out.append(("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
@@ -241,3 +307,32 @@ def initial_objects(spec: LabSpec) -> list[tuple[str, dict[str, Any]]]:
                                "metadata": meta("payments-config", namespace="demo", created=t0 + 3600),
                                "data": {"database": "payments-db.demo.svc:5432", "replicas": "3"}}))
     return out
+
+
+def rbac_objects(*, created: float) -> list[tuple[str, dict[str, Any]]]:
+    """The RBAC the lab's authorizer reads: cluster-admin bound to system:masters (the kubeconfig's
+    user is in it), and the view role, for people and tests to bind other users to."""
+    group = "rbac.authorization.k8s.io"
+    everything = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]
+    read = ["get", "list", "watch"]
+    view = [
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "nodes", "namespaces", "configmaps", "events"], "verbs": read},
+        {"apiGroups": ["operator.openshift.io", "config.openshift.io", "machine.openshift.io", "certificates.k8s.io"],
+         "resources": ["*"], "verbs": read},
+    ]
+    annotations = {"rbac.authorization.kubernetes.io/autoupdate": "true"}
+    return [
+        ("clusterroles", {"apiVersion": f"{group}/v1", "kind": "ClusterRole",
+                          "metadata": meta("cluster-admin", created=created, annotations=annotations,
+                                           labels={"kubernetes.io/bootstrapping": "rbac-defaults"}),
+                          "rules": everything}),
+        ("clusterroles", {"apiVersion": f"{group}/v1", "kind": "ClusterRole",
+                          "metadata": meta("view", created=created, annotations=annotations,
+                                           labels={"kubernetes.io/bootstrapping": "rbac-defaults"}),
+                          "rules": view}),
+        ("clusterrolebindings", {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding",
+                                 "metadata": meta("cluster-admin", created=created, annotations=annotations,
+                                                  labels={"kubernetes.io/bootstrapping": "rbac-defaults"}),
+                                 "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": "cluster-admin"},
+                                 "subjects": [{"apiGroup": group, "kind": "Group", "name": "system:masters"}]}),
+    ]

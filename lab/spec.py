@@ -18,6 +18,9 @@ from pathlib import Path
 DOCUMENT_NODE_IPS = ["10.0.131.183", "10.0.164.97", "10.0.154.204"]
 REPLACEMENT_NODE_IPS = ["10.0.133.53", "10.0.143.125", "10.0.168.251", "10.0.170.223", "10.0.211.16"]
 ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+# Workers: one address per zone's private subnet in turn (10.0.128.0/20, .144.0/20, .160.0/20).
+WORKER_IPS = ["10.0.136.42", "10.0.151.118", "10.0.166.205", "10.0.139.77", "10.0.148.9", "10.0.171.23"]
+DEFAULT_WORKERS = 2
 
 
 def node_name_for_ip(ip: str) -> str:
@@ -47,12 +50,36 @@ class MasterSpec:
     ssh_port: int
 
     @property
+    def role(self) -> str:
+        return "master"
+
+    @property
     def client_url(self) -> str:
         return f"https://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
         return f"https://127.0.0.1:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker: a node with the worker role, a machine in its zone's MachineSet, SSH, no etcd."""
+
+    index: int
+    node: str
+    ip: str
+    machine: str
+    machineset: str
+    zone: str
+    ssh_port: int
+
+    @property
+    def role(self) -> str:
+        return "worker"
+
+
+NodeSpec = MasterSpec | WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,7 @@ class LabSpec:
     # the lab was made: several labs and their bots on one machine must not fight over 3000/8080.
     bot_http_port: int = 0
     bot_health_port: int = 0
+    workers: tuple[WorkerSpec, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -88,6 +116,21 @@ class LabSpec:
                 return master
         known = ", ".join(m.node for m in self.masters)
         raise KeyError(f"unknown node {node!r}; the lab's masters are: {known}")
+
+    def node(self, node: str) -> NodeSpec:
+        """A master or a worker by node name (KeyError naming every node otherwise)."""
+        for spec in (*self.masters, *self.workers):
+            if spec.node == node:
+                return spec
+        known = ", ".join(n.node for n in (*self.masters, *self.workers))
+        raise KeyError(f"unknown node {node!r}; the lab's nodes are: {known}")
+
+    def machinesets(self) -> list[str]:
+        """The worker MachineSets, one per zone as the installer makes them on AWS."""
+        return [worker_machineset(self.infra_id, zone) for zone in ZONES]
+
+    def with_version(self, version: str) -> LabSpec:
+        return replace(self, version=version)
 
     def with_master(self, master: MasterSpec) -> LabSpec:
         return replace(self, masters=(*self.masters, master))
@@ -102,6 +145,7 @@ class LabSpec:
     def load(cls, lab_dir: Path) -> LabSpec:
         raw = json.loads((lab_dir / "lab.json").read_text())
         raw["masters"] = tuple(MasterSpec(**m) for m in raw["masters"])
+        raw["workers"] = tuple(WorkerSpec(**w) for w in raw.get("workers", []))
         return cls(**raw)
 
 
@@ -119,8 +163,24 @@ def new_master(*, index: int, ip: str, infra_id: str) -> MasterSpec:
     )
 
 
+def worker_machineset(infra_id: str, zone: str) -> str:
+    return f"{infra_id}-worker-{zone}"
+
+
+def new_worker(*, index: int, infra_id: str) -> WorkerSpec:
+    """Worker `index`: zones in turn, a machine named after its MachineSet plus 5 random characters."""
+    zone = ZONES[index % len(ZONES)]
+    ip = WORKER_IPS[index] if index < len(WORKER_IPS) else f"10.0.{180 + index}.{30 + index}"
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    suffix = "".join(secrets.choice(alphabet) for _ in range(5))
+    machineset = worker_machineset(infra_id, zone)
+    return WorkerSpec(index=index, node=node_name_for_ip(ip), ip=ip, machine=f"{machineset}-{suffix}",
+                      machineset=machineset, zone=zone, ssh_port=free_port())
+
+
 def new_lab_spec(
-    *, lab_dir: Path, masters: int, version: str, installed_hours_ago: float, clock_speed: float
+    *, lab_dir: Path, masters: int, version: str, installed_hours_ago: float, clock_speed: float,
+    workers: int = DEFAULT_WORKERS,
 ) -> LabSpec:
     """Chooses names, tokens and free ports for a new lab."""
     infra_id = "clustername-" + secrets.token_hex(3)[:5]
@@ -142,6 +202,7 @@ def new_lab_spec(
         masters=tuple(new_master(index=i, ip=ips[i], infra_id=infra_id) for i in range(masters)),
         bot_http_port=free_port(),
         bot_health_port=free_port(),
+        workers=tuple(new_worker(index=i, infra_id=infra_id) for i in range(workers)),
     )
 
 

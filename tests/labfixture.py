@@ -7,6 +7,7 @@ deadline (`wait_for`), never a bare sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -58,6 +59,40 @@ class Lab:
     @property
     def masters(self) -> list[str]:
         return self.env["LAB_MASTERS"].split()
+
+    @property
+    def workers(self) -> list[str]:
+        return self.env.get("LAB_WORKERS", "").split()
+
+    def etcdctl(self, pod_node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`etcdctl ARGS` in the etcd pod of `pod_node` (its etcdctl container), as the document runs it."""
+        return self.kubectl("exec", "-n", "openshift-etcd", f"etcd-{pod_node}", "--", "etcdctl", *args, check=check)
+
+    def pod_status(self, node: str) -> str | None:
+        """The STATUS column of `kubectl get pods -n openshift-etcd` for the etcd pod of `node`."""
+        out = self.kubectl("get", "pods", "-n", "openshift-etcd", check=False).stdout
+        for line in out.splitlines():
+            if line.startswith(f"etcd-{node} "):
+                return line.split()[2]
+        return None
+
+    def operator_condition(self, resource: str, ctype: str) -> tuple[str, str]:
+        """(reason, message) of one condition of `oc get <resource> cluster`."""
+        out = self.kubectl("get", resource, "cluster", "-o",
+                           f"jsonpath={{range .status.conditions[?(@.type==\"{ctype}\")]}}{{.reason}}{{\"\\n\"}}{{.message}}",
+                           check=False).stdout
+        reason, _, message = out.partition("\n")
+        return reason, message
+
+    def force_redeployment(self, resource: str, reason: str, *, timeout: float = 180) -> None:
+        """The document's `oc patch <resource> cluster ... forceRedeploymentReason`, then wait for
+        NodeInstallerProgressing to read AllNodesAtLatestRevision on a revision newer than before."""
+        before = self.operator_condition(resource, "NodeInstallerProgressing")[1]
+        self.kubectl("patch", resource, "cluster", "--type=merge", "-p",
+                     json.dumps({"spec": {"forceRedeploymentReason": reason}}))
+        wait_for(lambda: (c := self.operator_condition(resource, "NodeInstallerProgressing"))[0]
+                 == "AllNodesAtLatestRevision" and c[1] != before,
+                 timeout=timeout, what=f"{resource}: all nodes at the latest revision", interval=1)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([*lab_cli(), *args, "--dir", str(self.dir)], capture_output=True, text=True,

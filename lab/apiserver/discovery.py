@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.apiserver.resources import MAIN_VERBS, RESOURCES, groups
+from lab.apiserver.resources import RESOURCES, groups
 
 
 def api_versions(*, server_address: str) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def api_resource_list(*, group: str, version: str) -> dict[str, Any] | None:
             "singularName": res.singular,
             "namespaced": res.namespaced,
             "kind": res.kind,
-            "verbs": list(MAIN_VERBS),
+            "verbs": list(res.verbs),
         }
         if res.short_names:
             entry["shortNames"] = list(res.short_names)

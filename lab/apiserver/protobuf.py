@@ -52,8 +52,31 @@ CSR: Schema = {
                  2: ("username", "string", False), 3: ("uid", "string", False), 4: ("groups", "string", True)}, False),
     3: ("status", {1: ("conditions", CSR_CONDITION, True), 2: ("certificate", "bytes", False)}, False),
 }
-SCHEMAS: dict[str, Schema] = {"Secret": SECRET, "ConfigMap": CONFIG_MAP, "Namespace": NAMESPACE,
-                              "CertificateSigningRequest": CSR}
+RESOURCE_ATTRIBUTES: Schema = {1: ("namespace", "string", False), 2: ("verb", "string", False),
+                               3: ("group", "string", False), 4: ("version", "string", False),
+                               5: ("resource", "string", False), 6: ("subresource", "string", False),
+                               7: ("name", "string", False)}
+NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string", False), 2: ("verb", "string", False)}
+# `kubectl auth can-i` (authorization.k8s.io/v1 generated.proto)
+SELF_SUBJECT_ACCESS_REVIEW: Schema = {
+    1: ("metadata", OBJECT_META, False),
+    2: ("spec", {1: ("resourceAttributes", RESOURCE_ATTRIBUTES, False),
+                 2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, False)}, False),
+}
+SELF_SUBJECT_RULES_REVIEW: Schema = {1: ("metadata", OBJECT_META, False),
+                                     2: ("spec", {1: ("namespace", "string", False)}, False)}
+# rbac.authorization.k8s.io/v1 (`kubectl create role|rolebinding|clusterrole|clusterrolebinding`)
+POLICY_RULE: Schema = {1: ("verbs", "string", True), 2: ("apiGroups", "string", True), 3: ("resources", "string", True),
+                       4: ("resourceNames", "string", True), 5: ("nonResourceURLs", "string", True)}
+SUBJECT: Schema = {1: ("kind", "string", False), 2: ("apiGroup", "string", False), 3: ("name", "string", False),
+                   4: ("namespace", "string", False)}
+ROLE_REF: Schema = {1: ("apiGroup", "string", False), 2: ("kind", "string", False), 3: ("name", "string", False)}
+ROLE: Schema = {1: ("metadata", OBJECT_META, False), 2: ("rules", POLICY_RULE, True)}
+BINDING: Schema = {1: ("metadata", OBJECT_META, False), 2: ("subjects", SUBJECT, True), 3: ("roleRef", ROLE_REF, False)}
+SCHEMAS: dict[str, Schema] = {"Role": ROLE, "ClusterRole": ROLE, "RoleBinding": BINDING, "ClusterRoleBinding": BINDING,
+                              "Secret": SECRET, "ConfigMap": CONFIG_MAP, "Namespace": NAMESPACE,
+                              "CertificateSigningRequest": CSR, "SelfSubjectAccessReview": SELF_SUBJECT_ACCESS_REVIEW,
+                              "SelfSubjectRulesReview": SELF_SUBJECT_RULES_REVIEW}
 
 
 class ProtobufError(ValueError):

@@ -28,6 +28,8 @@ class Resource:
     subresources: tuple[str, ...] = ("status",)
     categories: tuple[str, ...] = ()
     storage_name: str = ""
+    verbs: tuple[str, ...] = MAIN_VERBS
+    stored: bool = True  # reviews (SelfSubjectAccessReview) are answered, never stored
 
     @property
     def list_kind(self) -> str:
@@ -67,15 +69,19 @@ class Resource:
             "exec": ("create", "get"),
             "log": ("get",),
             "finalize": ("update",),
+            "scale": ("get", "patch", "update"),
         }.get(sub, ("get",))
 
     def subresource_kind(self, sub: str) -> str:
-        return {"exec": "PodExecOptions", "log": "Pod"}.get(sub, self.kind)
+        return {"exec": "PodExecOptions", "log": "Pod", "scale": "Scale"}.get(sub, self.kind)
 
 
 _CORE = ("v1",)
 _OPERATOR = "operator.openshift.io"
 _CONFIG = "config.openshift.io"
+_MACHINE = "machine.openshift.io"
+_RBAC = "rbac.authorization.k8s.io"
+_AUTHZ = "authorization.k8s.io"
 
 RESOURCES: tuple[Resource, ...] = (
     Resource("nodes", "node", "Node", "", _CORE, False, ("no",), storage_name="minions"),
@@ -88,7 +94,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("kubeapiservers", "kubeapiserver", "KubeAPIServer", _OPERATOR, ("v1",), False),
     Resource("kubecontrollermanagers", "kubecontrollermanager", "KubeControllerManager", _OPERATOR, ("v1",), False),
     Resource("kubeschedulers", "kubescheduler", "KubeScheduler", _OPERATOR, ("v1",), False),
-    Resource("machines", "machine", "Machine", "machine.openshift.io", ("v1beta1",), True),
+    Resource("machines", "machine", "Machine", _MACHINE, ("v1beta1",), True),
+    Resource("machinesets", "machineset", "MachineSet", _MACHINE, ("v1beta1",), True),
     Resource("clusteroperators", "clusteroperator", "ClusterOperator", _CONFIG, ("v1",), False, ("co",)),
     Resource("clusterversions", "clusterversion", "ClusterVersion", _CONFIG, ("v1",), False),
     Resource("proxies", "proxy", "Proxy", _CONFIG, ("v1",), False),
@@ -96,6 +103,14 @@ RESOURCES: tuple[Resource, ...] = (
         "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest",
         "certificates.k8s.io", ("v1", "v1beta1"), False, ("csr",), ("status", "approval"),
     ),
+    Resource("clusterroles", "clusterrole", "ClusterRole", _RBAC, ("v1",), False, (), ()),
+    Resource("clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", _RBAC, ("v1",), False, (), ()),
+    Resource("roles", "role", "Role", _RBAC, ("v1",), True, (), ()),
+    Resource("rolebindings", "rolebinding", "RoleBinding", _RBAC, ("v1",), True, (), ()),
+    Resource("selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", _AUTHZ, ("v1",),
+             False, (), (), verbs=("create",), stored=False),
+    Resource("selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview", _AUTHZ, ("v1",),
+             False, (), (), verbs=("create",), stored=False),
 )
 
 BY_NAME: dict[str, Resource] = {r.name: r for r in RESOURCES}

@@ -15,12 +15,25 @@ import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from lab import crilog
 from lab.apiserver import discovery, exec_ws, openapi, protobuf, tables
+from lab.apiserver.authz import (
+    ADMIN,
+    Attributes,
+    Authorizer,
+    UserInfo,
+    forbidden,
+    impersonate,
+    review_attributes,
+    rules_review_status,
+)
 from lab.apiserver.errors import (
     UNAUTHORIZED,
     ApiError,
@@ -49,8 +62,22 @@ class ExecError(Exception):
 
 
 ExecHandler = Callable[[str, str, str, list[str], bool, bool], Awaitable[asyncio.subprocess.Process]]
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """Where the kubelet finds a container's output: its CRI log file, and whether it still grows."""
+
+    path: Path
+    live: Callable[[], bool]
+
+
+# (namespace, pod, container, previous) -> the log; raises ExecError with the kubelet's refusal.
+LogHandler = Callable[[str, str, str, bool], Awaitable[LogSource]]
 Json = dict[str, Any]
 
+# Who the request being handled runs as (the middleware sets it; one request is one task).
+_USER: ContextVar[UserInfo] = ContextVar("lab_api_user", default=ADMIN)
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 JSON_PATCH_TYPE = "application/json-patch+json"
@@ -82,12 +109,15 @@ class ApiServer:
         token: str,
         exec_handler: ExecHandler,
         version: dict[str, Any],
+        log_handler: LogHandler | None = None,
     ) -> None:
         self.objects = objects
         self.host = host
         self.port = port
         self._token = token
         self._exec_handler = exec_handler
+        self._log_handler = log_handler
+        self.authorizer = Authorizer(objects)
         self._version = dict(version)
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(str(cert_file), str(key_file))
@@ -140,6 +170,11 @@ class ApiServer:
         if request.path not in PUBLIC_PATHS and not self._authorized(request):
             return _json(UNAUTHORIZED, status=401)
         try:
+            user = ADMIN
+            groups = request.headers.getall("Impersonate-Group", [])
+            if request.headers.get("Impersonate-User") or groups:
+                user = await self._bounded(impersonate(self.authorizer, ADMIN, request.headers, list(groups)))
+            _USER.set(user)
             return await handler(request)
         except ApiError as exc:
             return _json(exc.body(), status=exc.code)
@@ -169,8 +204,22 @@ class ApiServer:
 
     # -- dispatch --------------------------------------------------------------------------
 
+    async def _authorize(self, request: web.Request, attrs: Attributes, *, kind: str = "") -> None:
+        user = _USER.get()
+        if user.superuser:
+            return
+        allowed, _ = await self._bounded(self.authorizer.authorize(user, attrs))
+        if not allowed:
+            raise forbidden(user, attrs, kind=kind)
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        target = parse(path)
+        if isinstance(target, Target):
+            await self._authorize(request, _attributes(request, target), kind=target.resource.name)
+        elif path not in PUBLIC_PATHS:
+            await self._authorize(request, Attributes(verb=request.method.lower() if request.method != "GET" else "get",
+                                                      path=path))
         if path == "/version":
             return _json(self._version)
         if path in PUBLIC_PATHS:
@@ -182,13 +231,14 @@ class ApiServer:
             if doc is None:
                 raise not_found_path()
             return _json(doc)
-        target = parse(path)
         if target is None:
             raise not_found_path()
         if isinstance(target, Discovery):
             return _json(self._discovery(request, target))
         if target.sub == "exec":
             return await self._exec(request, target)
+        if target.sub == "log":
+            return await self._log(request, target)
         if request.method == "GET" and target.name is None and _truthy(request.query.get("watch")):
             return await serve_watch(request, objects=self.objects, target=target,
                                      present=lambda obj: self._present(target, obj))
@@ -228,6 +278,10 @@ class ApiServer:
 
     async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
         method, res = request.method, target.resource
+        if not res.stored:
+            if method != "POST" or target.name is not None:
+                raise method_not_allowed()
+            return await self._review(request, target)
         if target.name is None:
             if method == "GET":
                 return await self._list(request, target)
@@ -441,6 +495,123 @@ class ApiServer:
             self._exec_refusals[key] = (now, exc)
             raise
         return await exec_ws.serve_exec(request, proc, stdin=stdin)
+
+    # -- access reviews ----------------------------------------------------------------------------
+
+    async def _review(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """SelfSubjectAccessReview (`kubectl auth can-i`) and SelfSubjectRulesReview (`can-i --list`)."""
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        user = _USER.get()
+        spec = body.get("spec") or {}
+        if target.resource.name == "selfsubjectrulesreviews":
+            rules = await self.authorizer.rules(user, str(spec.get("namespace", "")))
+            status = rules_review_status(rules)
+        else:
+            attrs = review_attributes(spec)
+            if not attrs.verb:
+                raise invalid("SelfSubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.resourceAttributes.verb: "
+                              "Required value")
+            allowed, reason = await self.authorizer.authorize(user, attrs)
+            status = {"allowed": allowed}
+            if reason:
+                status["reason"] = reason
+        answer = {"kind": target.resource.kind, "apiVersion": target.resource.api_version(target.version),
+                  "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}
+        return _json(answer, status=201)
+
+    # -- log -----------------------------------------------------------------------------------
+
+    async def _log(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """`pods/log`: the container's output as the kubelet serves it (text/plain, CRI prefix stripped)."""
+        if request.method != "GET":
+            raise method_not_allowed()
+        query = request.query
+        namespace, name = target.namespace or "", target.name or ""
+        try:
+            pod = await self._bounded(self.objects.get("pods", name, namespace))
+        except NotFound as exc:
+            raise ApiError(code=404, reason="NotFound", message=str(exc), details=self._details(target)) from None
+        names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = query.get("container", "")
+        if not container:
+            if len(names) != 1:
+                raise bad_request(f"a container name must be specified for pod {name}, choose one of: "
+                                  f"[{' '.join(str(n) for n in names)}]")
+            container = str(names[0])
+        if container not in names:
+            raise bad_request(f"container {container} is not valid for pod {name}")
+        options = _log_options(query)
+        if self._log_handler is None:
+            raise bad_request("this server serves no container logs")
+        source = await self._log_handler(namespace, name, container, _truthy(query.get("previous")))
+        body = crilog.render(crilog.read(source.path), **options)
+        if not _truthy(query.get("follow")) or not source.live():
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        await response.write(body)
+        offset = source.path.stat().st_size if source.path.exists() else 0
+        while source.live() and self.serving:
+            await asyncio.sleep(0.2)
+            try:
+                size = source.path.stat().st_size
+            except OSError:
+                break
+            if size > offset:
+                with open(source.path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(size - offset)
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                offset += len(complete)
+                if complete:
+                    await response.write(crilog.render(crilog.parse(complete), timestamps=options["timestamps"]))
+        await response.write_eof()
+        return response
+
+
+def _attributes(request: web.Request, target: Target) -> Attributes:
+    """The RBAC verb and resource a request needs (exec is `create pods/exec`, log `get pods/log`)."""
+    method = request.method
+    if target.sub == "exec":
+        verb = "create"
+    elif method == "GET":
+        verb = "get" if target.name else ("watch" if _truthy(request.query.get("watch")) else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if target.name else "deletecollection"}.get(method, method.lower())
+    sub = target.sub if target.sub not in (None, "") else ""
+    return Attributes(verb=verb, resource=target.resource.name, subresource=sub, group=target.resource.group,
+                      namespace=target.namespace or "", name=target.name or "")
+
+
+def _log_options(query: Any) -> dict[str, Any]:
+    """tailLines, timestamps, sinceSeconds/sinceTime and limitBytes, checked as the API checks them."""
+
+    def number(key: str) -> int | None:
+        raw = query.get(key)
+        if raw is None or raw == "":
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise bad_request(f"{key}: Invalid value: \"{raw}\": must be an integer") from None
+        if value < 0 or (key != "tailLines" and value == 0):
+            raise invalid(f"PodLogOptions \"\" is invalid: {key}: Invalid value: {value}: must be greater than 0")
+        return value
+
+    since: float | None = None
+    seconds = number("sinceSeconds")
+    if seconds is not None:
+        since = time.time() - seconds
+    elif query.get("sinceTime"):
+        try:
+            since = time.mktime(time.strptime(query["sinceTime"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        except ValueError:
+            raise bad_request(f"sinceTime: Invalid value: \"{query['sinceTime']}\"") from None
+    return {"tail": number("tailLines"), "timestamps": _truthy(query.get("timestamps")), "since": since,
+            "limit_bytes": number("limitBytes")}
 
 
 def _default_container(pod: Json) -> str:

@@ -314,6 +314,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("ProviderID", lambda o, now: (o.get("spec") or {}).get("providerID"), priority=1),
         Column("State", _machine_state, priority=1),
     ),
+    "machinesets": (
+        NAME,
+        Column("Desired", lambda o, now: (o.get("spec") or {}).get("replicas"), type="integer"),
+        Column("Current", lambda o, now: _status(o).get("replicas"), type="integer"),
+        Column("Ready", lambda o, now: _status(o).get("readyReplicas"), type="integer"),
+        Column("Available", lambda o, now: _status(o).get("availableReplicas"), type="integer"),
+        AGE,
+    ),
     "clusteroperators": (
         NAME,
         Column("Version", _operator_version),

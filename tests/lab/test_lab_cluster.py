@@ -34,8 +34,10 @@ def test_nodes_machines_secrets_and_operators(lab: Lab) -> None:
     machines = lab.kubectl("get", "machines", "-n", "openshift-machine-api", "-o", "wide").stdout.splitlines()
     assert machines[0].split()[:2] == ["NAME", "PHASE"]
     assert "STATE" in machines[0]
-    assert len(machines) == 4 and all("Running" in m and "running" in m for m in machines[1:])
-    assert all(re.match(r"clustername-\w+-master-[0-2]$", m.split()[0]) for m in machines[1:])
+    assert len(machines) == 6 and all("Running" in m and "running" in m for m in machines[1:])
+    names = sorted(m.split()[0] for m in machines[1:])
+    assert all(re.match(r"clustername-\w+-master-[0-2]$", n) for n in names[:3])
+    assert all(re.match(r"clustername-\w+-worker-us-east-1[abc]-\w{5}$", n) for n in names[3:])  # the default 2 workers
 
     node = lab.masters[0]
     secrets = [line.split()[0] for line in lab.kubectl("get", "secrets", "-n", "openshift-etcd").stdout.splitlines()

@@ -33,7 +33,9 @@ def test_custom_objects(lab: Lab) -> None:
         assert {"EtcdMembersAvailable", "NodeInstallerProgressing"} <= types
         machines = custom.list_namespaced_custom_object("machine.openshift.io", "v1beta1", "openshift-machine-api",
                                                         "machines")["items"]
-        assert {m["status"]["nodeRef"]["name"] for m in machines} == set(lab.masters)
+        masters = [m for m in machines if m["metadata"]["labels"]["machine.openshift.io/cluster-api-machine-role"] == "master"]
+        assert {m["status"]["nodeRef"]["name"] for m in masters} == set(lab.masters)
+        assert {m["status"]["nodeRef"]["name"] for m in machines if m not in masters} == set(lab.workers)
         version = custom.get_cluster_custom_object("config.openshift.io", "v1", "clusterversions", "version")
         assert version["status"]["desired"]["version"] == "4.5.2"
         proxy = custom.get_cluster_custom_object("config.openshift.io", "v1", "proxies", "cluster")
