@@ -22,12 +22,14 @@ from bot.procedure import (
     StepResult,
 )
 from procedures import backup
+from procedures.facts import ClusterFacts
 from procedures.replace_rules import (
     VARIANT_A,
     VARIANT_B,
     VARIANT_TITLES,
     secret_names,
 )
+from procedures.status import gather_facts
 
 GROUP = "replace-member"  # the approval group: one approval for the destructive block
 
@@ -35,6 +37,7 @@ MANIFEST = "/etc/kubernetes/manifests/etcd-pod.yaml"
 MANIFEST_BACKUP_DIR = "/var/lib/etcd-backup"
 DATA_DIR = "/var/lib/etcd"
 COMMAND_TIMEOUT = 60.0
+REPORT_TIMEOUT = 15.0
 POLL = 0.5  # seconds between two reads of a wait (API and etcdctl reads only)
 POD_STOP_TIMEOUT = 120.0
 
@@ -241,9 +244,36 @@ async def wait_until(ctx: StepContext, what: str, limit: float, check: Callable[
             if fail is None:
                 return None
             failure = fail()
-            if error:
-                failure = StepFailed(f"{failure.message} (last error: {error[:200]})",
-                                     next_action=failure.next_action, retryable=failure.retryable)
-            raise failure
+            last = f" (last error: {error[:200]})" if error else ""
+            raise StepFailed(f"{failure.message}{last}. Masters now: {await masters_report(ctx)}",
+                             next_action=failure.next_action, retryable=failure.retryable)
         await asyncio.sleep(POLL)  # polling a condition with a deadline
+
+
+async def masters_report(ctx: StepContext) -> str:
+    """Each master's state in one line, for a failure message: node Ready or not, its etcd pod's
+    STATUS, its member's ID and health (from the status facts; bounded by REPORT_TIMEOUT)."""
+    try:
+        async with asyncio.timeout(REPORT_TIMEOUT):
+            facts = await gather_facts(cluster=ctx.cluster_name, kube=ctx.kube, hosts=ctx.hosts)  # type: ignore[arg-type]
+    except Exception as exc:  # a report must never hide the failure it explains
+        return f"(could not be read: {type(exc).__name__})"
+    return describe_masters(facts)
+
+
+def describe_masters(facts: ClusterFacts) -> str:
+    nodes = {n.name: n for n in facts.nodes}
+    pods = {p.node: p for p in facts.pods}
+    members = {m.name: m for m in facts.members if m.started}
+    names = sorted(set(nodes) | set(members) | {h.node for h in facts.hosts})
+    parts = []
+    for name in names:
+        node, pod, member = nodes.get(name), pods.get(name), members.get(name)
+        health = {True: "healthy", False: "unhealthy", None: "health unknown"}[member.healthy] if member else ""
+        parts.append(f"{name}: node {node.status if node else 'not in the API'}, etcd pod "
+                     f"{pod.status if pod else 'none'}, member {member.id + ' ' + health if member else 'none'}")
+    unstarted = [m.id for m in facts.members if not m.started]
+    if unstarted:
+        parts.append(f"not started: {', '.join(unstarted)}")
+    return "; ".join(parts) or "nothing answered"
 

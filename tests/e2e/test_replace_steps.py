@@ -75,3 +75,13 @@ async def test_each_destructive_step_twice_and_a_lost_lock(lab: Lab, env: StepEn
     assert "created machine" in (await env.run(STEPS[rm.S_CREATE_MACHINE])).summary
     assert "exists already" in (await env.run(STEPS[rm.S_CREATE_MACHINE])).summary
     assert [n for n in machines(lab) if n.endswith("-3") or n.endswith("-4")] == [new_machine]
+
+    # A wait past its deadline says what it saw, each master's state and what to check.
+    environ = {"ETCDBOT_REPLACE_MACHINE_TIMEOUT": "0.1", "ETCDBOT_ALLOWED_USERS": '["U0ALICE01"]'}
+    async with StepEnvironment.from_env_file(lab.dir / "env", environ=environ, parameters=env.parameters,
+                                             results=env.results) as hurried:
+        with pytest.raises(StepFailed) as failed:
+            await hurried.run(STEPS[rm.S_WAIT_MACHINE])
+    text = failed.value.message
+    assert f"machine {new_machine} is not Running after" in text and "Masters now: " in text, text
+    assert f"{via}: node Ready, etcd pod Running, member " in text and "oc get machines" in failed.value.next_action

@@ -12,6 +12,7 @@ import pytest
 from bot.backups import BackupRecord, StoredFile
 from bot.cluster.etcdctl import EndpointHealth, Member, MemberList
 from procedures.facts import MemberFacts, NodeFacts
+from procedures.replace_common import describe_masters
 from procedures.replace_rules import (
     VARIANT_A,
     VARIANT_B,
@@ -250,3 +251,9 @@ def test_check_replaced() -> None:
                                                                     old_id="0", expect_name=new.name).problems)
     short = check_replaced(members=member_list(B, C), health=health(*endpoints[:2]), old_id=IDS[A], expect_name=new.name)
     assert not short.ok and "no member is named ip-10-0-133-53.ec2.internal yet" in short.problems
+
+
+def test_masters_described_for_a_failure_report() -> None:
+    text = describe_masters(stopped())
+    assert f"{A}: node NotReady, etcd pod Running, member {IDS[A]} unhealthy" in text
+    assert f"{B}: node Ready, etcd pod Running, member {IDS[B]} healthy" in text
