@@ -67,6 +67,10 @@ HINTS: dict[str, str] = {
     "max_backup_age": 'a duration like "26h", "90m", "2d" or seconds; "" = derived from the schedule; "0" = no warning',
     "oncall_usergroup": "the Slack user group mentioned on a failure, by handle (etcd-oncall) or ID (S0123ABC)",
     "watch_interval": "seconds between the bot's backup checks (upgrades, backup age), e.g. 60",
+    "replace_backup_max_age": "seconds: how young a verified backup must be for /etcd-replace-member, e.g. 3600",
+    "replace_machine_timeout": "seconds a new master machine may take from Provisioning to Running, e.g. 1800",
+    "replace_rollout_timeout": "seconds an etcd redeployment may take until every member is healthy, e.g. 1800",
+    "replace_pods_grace": "seconds to wait for the new master's etcd pod before forcing a redeployment, e.g. 600",
     # -- approvals (engine) --
     "approver_users": 'a JSON list of Slack user IDs who may approve, e.g. ["U012ABCDEF"], or []',
     "approvals_required": 'a JSON object: procedure name -> approvers needed (1-10), e.g. {"restore": 2}',
@@ -360,6 +364,12 @@ class Settings(BaseSettings):
     # /etcd-restore (5.3): the deadline of each of its waits (static pods stopping, the single
     # member starting, each operator's redeployment, the members joining), in seconds.
     restore_wait: float = Field(default=1800.0, gt=0, le=3600)
+    # /etcd-replace-member (procedures/replace_member.py): how young the backup taken first must be
+    # (document 2.1), and how long each wait may take before the run stops and says what to check.
+    replace_backup_max_age: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    replace_machine_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
+    replace_rollout_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
+    replace_pods_grace: float = Field(default=600.0, gt=0, le=3 * 3600)
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
     # ---- backups you can trust (drills, retention, notifications; docs/runbooks/etcd-backup.md)
     # Scratch space of the restore drill (a snapshot restored, an etcd started on it): 3x a snapshot.

@@ -64,7 +64,8 @@ from bot.watch import UPGRADE_REQUESTER, BackupWatch
 log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
-BUILTIN_PROCEDURES = ("procedures.backup", "procedures.verify", "procedures.prune", "procedures.restore")
+BUILTIN_PROCEDURES = ("procedures.backup", "procedures.verify", "procedures.prune", "procedures.restore",
+                      "procedures.replace_member")
 BOT_REQUESTERS = frozenset({"scheduler", UPGRADE_REQUESTER})  # their runs get a line of their own when they fail
 BACKUP = "backup"
 
