@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from bot.cluster.kube import KubeClient
     from bot.cluster.nodes import NodeShell
     from bot.config import ClusterSettings, Settings
+    from bot.shutdowns import ShutdownLog
 
 StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-script"
 RunId = NewType("RunId", str)
@@ -204,6 +205,7 @@ class StepContext:
     overrides: frozenset[str] = frozenset()  # admission warnings a person chose to override
     store: BackupStore | None = None  # the backup store (files)
     catalogue: Catalogue | None = None  # the backup catalogue (Redis)
+    shutdowns: ShutdownLog | None = None  # the graceful shutdowns the bot ran (Redis), for the restart check
 
     def __post_init__(self) -> None:
         self.kube = _bind(self.kube, self.fence)

@@ -47,13 +47,15 @@ from bot.procedure import (
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
 from bot.scheduler import BackupScheduler
+from bot.shutdowns import ShutdownLog
 from bot.store import Run
 from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
-BUILTIN_PROCEDURES = ("procedures.backup",)
+BUILTIN_PROCEDURES = ("procedures.backup", "procedures.shutdown", "procedures.restart_check",
+                      "procedures.approve_csrs")
 BACKUP = "backup"
 
 REDIS_TIMEOUT = 15.0  # seconds; above the approvals' BLPOP poll (5 s)
@@ -93,7 +95,7 @@ class Services:
             hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
             results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
             etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
-            store=self.store, catalogue=self.catalogue,
+            store=self.store, catalogue=self.catalogue, shutdowns=ShutdownLog(redis=self.redis),
         )
 
     async def open(self) -> None:
