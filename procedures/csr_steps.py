@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from bot.cluster.kube import KubeError
 from bot.procedure import PlannedCommand, Step, StepContext, StepFailed, StepId, StepKind, StepResult
-from procedures.csrs import CsrView, describe, read_csrs, summary
+from procedures.csrs import CsrView, describe, read_csrs, summary, whose
 from procedures.waiting import NotYet, WaitTimedOut, wait_until
 
 APPROVE_REASON = "EtcdbotApprove"
@@ -137,7 +137,7 @@ def approve_step(step_id: StepId, title: str) -> Step:
             raise StepFailed(f"{len(failed)} CSR approval(s) failed: {'; '.join(failed)}", retryable=True,
                              next_action=f"Check `oc get csr`, then run `/etcd-approve-csrs {ctx.cluster_name}`.")
         text = (f"approved {len(done)} CSR{'s' if len(done) != 1 else ''}"
-                + (": " + ", ".join(f"{c.name} ({c.kind} of {c.node})" for c in done) if done else ""))
+                + (f" ({whose(view, done)}): {', '.join(c.name for c in done)}" if done else ""))
         if flagged:
             text += f"; {len(flagged)} suspicious left pending: {', '.join(flagged)}"
         return StepResult.of(text, Approved(approved=tuple(approved), nodes=tuple(dict.fromkeys(c.node for c in done)),

@@ -263,14 +263,32 @@ def describe(reviews: Sequence[CsrReview], *, now: float) -> str:
     return "\n".join(lines)
 
 
+def whose(view: CsrView, reviews: Sequence[CsrReview]) -> str:
+    """'client CSRs of 3 masters, 2 workers; serving CSR of 1 master': what a list of CSRs is for."""
+    roles = {n.name: n.role for n in view.nodes}
+    parts = []
+    for kind in ("client", "serving"):
+        of = [roles.get(c.node, "unknown node") for c in reviews if c.kind == kind]
+        if of:
+            counts = {role: of.count(role) for role in dict.fromkeys(of)}
+            parts.append(f"{kind} CSR{'s' if len(of) != 1 else ''} of "
+                         + ", ".join(f"{n} {r}{'s' if n != 1 else ''}" for r, n in counts.items()))
+    return "; ".join(parts)
+
+
 def summary(view: CsrView) -> str:
+    """One line for the progress message (the thread has the details)."""
     valid, suspicious = view.valid, view.suspicious
-    parts = [f"{len(valid)} valid pending CSR{'s' if len(valid) != 1 else ''}"]
-    if valid:
-        parts[0] += " (" + ", ".join(f"{c.name}: {c.kind} of {c.node}" for c in valid) + ")"
+    parts = [f"{len(valid)} valid pending CSR{'s' if len(valid) != 1 else ''}"
+             + (f" ({whose(view, valid)}): {', '.join(c.name for c in valid)}" if valid else "")]
     if suspicious:
         parts.append(f"{len(suspicious)} SUSPICIOUS, never approved: "
                      + ", ".join(f"{c.name} ({c.why})" for c in suspicious))
     not_ready = view.not_ready
-    parts.append("NotReady: " + ", ".join(n.name for n in not_ready) if not_ready else "every node Ready")
+    if not not_ready:
+        parts.append("every node Ready")
+    elif len(not_ready) == len(view.nodes):
+        parts.append(f"all {len(not_ready)} nodes NotReady")
+    else:
+        parts.append("NotReady: " + ", ".join(n.name for n in not_ready))
     return "; ".join(parts)

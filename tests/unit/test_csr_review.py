@@ -158,8 +158,12 @@ def test_review_text_lists_requestor_node_usages_age_and_verdict() -> None:
     assert "usages: digital signature, key encipherment, client auth" in text
     assert "csr-forged  Pending  SUSPICIOUS, not approved: no node or machine named" in text
     line = summary(seen)
-    assert line.startswith(f"1 valid pending CSR (csr-m: client of {MASTER})") and "1 SUSPICIOUS" in line
-    assert f"NotReady: {MASTER}, {WORKER}" in line
+    assert line.startswith("1 valid pending CSR (client CSR of 1 master): csr-m") and "1 SUSPICIOUS" in line
+    assert line.endswith("all 2 nodes NotReady")
+    two = view(csr("csr-m", node=MASTER), csr("csr-w", node=WORKER),
+               csr("csr-s", node=MASTER, signer=SERVING_SIGNER, user=f"system:node:{MASTER}"))
+    assert summary(two).startswith("3 valid pending CSRs (client CSRs of 1 master, 1 worker; serving CSR of 1 master): "
+                                   "csr-m, csr-s, csr-w")
 
 
 def test_nodes_waiting_for_their_csr() -> None:
