@@ -85,6 +85,16 @@ def test_dry_run_lists_every_node_and_command_and_changes_nothing(lab: Lab, bot:
     unchanged(lab)
 
 
+def test_help_knows_the_three_commands(lab: Lab, bot: BotProcess) -> None:
+    since = command(lab, "/etcd-help")
+    text = blocks_text(answer(lab, since=since, contains="etcdbot commands"))
+    for usage in ("/etcd-shutdown [cluster] [--dry-run]", "/etcd-restart-check [cluster] [--dry-run]",
+                  "/etcd-approve-csrs [cluster] [--dry-run]"):
+        assert f"`{usage}`" in text, text
+    coming = next((line for line in text.splitlines() if line.startswith("_Coming:_")), "")
+    assert "shutdown" not in coming and "csrs" not in coming and "restart" not in coming
+
+
 def test_without_a_recent_backup_it_refuses_and_offers_to_take_one(lab: Lab, bot: BotProcess) -> None:
     since = command(lab, "/etcd-shutdown")
     warned = answer(lab, since=since, contains="No shutdown without a backup")
