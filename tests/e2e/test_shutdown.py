@@ -243,3 +243,33 @@ def test_expired_certificates_then_approve_csrs_brings_every_node_back(lab: Lab,
     assert "all 5 nodes Ready" in text and "csr-forged" in text  # still flagged
     assert set(nodes(lab).values()) == {"Ready"}
     assert csr_conditions(lab)["csr-forged"] == "Pending"
+
+
+async def test_a_node_that_does_not_come_back_means_restore_from_the_newest_usable_backup(
+        lab: Lab, shutdown: dict) -> None:
+    """The restart check's wait for the workers, alone (the one-step harness) with a short deadline,
+    while a worker's machine is stopped: the run would stop and say to restore, naming the backup
+    taken before the shutdown and the `/etcd-restore` command."""
+    from bot.harness import StepEnvironment
+    from bot.procedure import StepFailed
+    from procedures import restart_check
+
+    (backup_id,) = stored_backups(lab)
+    worker = lab.workers[0]
+    lab.cli("fault", "stop-machine", worker)
+    try:
+        wait_for(lambda: nodes(lab)[worker] == "NotReady", timeout=60, what=f"{worker} NotReady")
+        async with StepEnvironment.from_env_file(lab.dir / "env", environ={"ETCDBOT_RESTART_TIMEOUT": "4"}) as env:
+            env.given(restart_check.S_EXPECT, restart_check.Expected(masters=tuple(lab.masters),
+                                                                    workers=tuple(lab.workers), version="4.5.2"))
+            step = next(s for s in restart_check.STEPS if s.id == restart_check.S_WORKERS)
+            with pytest.raises(StepFailed) as failed:
+                await env.run(step)
+    finally:
+        lab.cli("heal", worker)
+    assert "the cluster did not recover: gave up waiting for every worker node Ready after 4 s" in failed.value.message
+    assert f"NotReady: {worker}" in failed.value.message
+    assert f"`/etcd-restore {backup_id} lab`" in failed.value.next_action
+    assert "the newest usable backup" in failed.value.next_action and "OpenShift 4.5.2" in failed.value.next_action
+    assert any("waiting for every worker node Ready" in beat for beat in env.heartbeats)
+    wait_for(lambda: set(nodes(lab).values()) == {"Ready"}, timeout=60, what="every node Ready after heal")
