@@ -94,7 +94,7 @@ def review_step(step_id: StepId, title: str, *, after: StepId | None = None) -> 
         return [PlannedCommand("api", "oc get nodes; oc get csr; oc get machines -n openshift-machine-api"),
                 PlannedCommand("api", "oc describe csr <each pending CSR>: requestor, node, usages, age; valid or not")]
 
-    return Step(step_id, title, StepKind.READ, run, plan, timeout=3600, retries=2, safe_to_repeat=True)
+    return Step(step_id, title, StepKind.READ, run, plan, timeout=3600 + 120, retries=2, safe_to_repeat=True)
 
 
 def approve_plan_of(view: CsrView) -> list[PlannedCommand]:

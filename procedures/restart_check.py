@@ -110,7 +110,9 @@ async def not_recovered(ctx: StepContext, *, what: str, version: str = "") -> St
 
 
 async def expected_nodes(ctx: StepContext) -> StepResult:
-    record = await ctx.shutdowns.last(ctx.cluster_name) if ctx.shutdowns is not None else None
+    last = await ctx.shutdowns.last(ctx.cluster_name) if ctx.shutdowns is not None else None
+    # A shutdown a restart check already found back is history: nothing to expect from it.
+    record = last if last is not None and last.back_at is None else None
     kube = ctx.need_kube()
 
     async def api() -> list[NodeView] | NotYet:
@@ -133,8 +135,14 @@ async def expected_nodes(ctx: StepContext) -> StepResult:
                         shutdown_run=record.run_id if record else "", shutdown_at=record.at if record else None,
                         shutdown_by=record.requester if record else "", backup_id=record.backup_id if record else "")
     not_ready = [n.name for n in nodes if not n.ready]
-    head = (f"shut down by {who(record.requester)} at {_utc(record.at)} (run `{record.run_id}`), backup "
-            f"`{record.backup_id}`" if record else "no shutdown recorded by this bot: checking the nodes the API lists")
+    if record is not None:
+        head = (f"shut down by {who(record.requester)} at {_utc(record.at)} (run `{record.run_id}`), backup "
+                f"`{record.backup_id}`")
+    elif last is not None and last.back_at is not None:
+        head = (f"no shutdown since the last one ({_utc(last.at)}, found back at {_utc(last.back_at)}): checking the "
+                "nodes the API lists")
+    else:
+        head = "no shutdown recorded by this bot: checking the nodes the API lists"
     text = (f"{head}; the API answers: {len(masters)} masters, {len(workers)} workers, "
             f"{len(not_ready)} NotReady" + (f"; NOT listed by the API: {', '.join(unlisted)}" if unlisted else ""))
     return StepResult.of(text, expected, output="\n".join(f"{n.name}  {n.status}  {n.role}" for n in nodes))

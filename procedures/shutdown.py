@@ -260,7 +260,9 @@ async def shut_down(ctx: StepContext) -> StepResult:
 
 
 async def wait_powered_off(ctx: StepContext) -> StepResult:
-    """Until no node answers SSH any more (every node powered off), within `shutdown_off_timeout`."""
+    """Until no node answers SSH any more, within `shutdown_off_timeout`. A powered-off machine does
+    not answer (a refused or timed-out connection alike: the API is gone with the masters, so SSH
+    is the only witness left)."""
     hosts = ctx.need_hosts()
     listed = ctx.result(S_NODES, Nodes)
 
@@ -278,7 +280,8 @@ async def wait_powered_off(ctx: StepContext) -> StepResult:
     if ctx.shutdowns is not None:
         await ctx.shutdowns.update(ctx.cluster_name, run_id=ctx.run_id, off_at=off_at)
     when = time.strftime("%H:%M:%S UTC", time.gmtime(off_at))
-    return StepResult.of(f"all {len(listed.every)} nodes are off ({when}). To start again: power the machines on, "
+    return StepResult.of(f"all {len(listed.every)} nodes are off ({when}; none answers SSH). To start again: power "
+                         "the machines on, "
                          f"wait about 10 minutes, then `/etcd-restart-check {ctx.cluster_name}`.",
                          PoweredOff(off_at=off_at, nodes=listed.every))
 

@@ -46,6 +46,8 @@ SETTINGS = {
     "ETCDBOT_RESTART_TIMEOUT": "150",  # each wait after power-on (seconds)
     "ETCDBOT_CSR_SETTLE": "40",  # for every NotReady node's CSR to appear
     "ETCDBOT_SHUTDOWN_OFF_TIMEOUT": "120",
+    # Tests may run in a pod themselves: the bot under test must not take the runner's pod for its own.
+    "KUBERNETES_SERVICE_HOST": "",
 }
 
 
