@@ -1,11 +1,20 @@
-"""`/etcd-status` against the manual baseline, measured side by side in one run.
+"""`/etcd-status` beside the manual sequence, for every row of the fault table, side by side.
 
-Bot: time from sending the slash command (the lab's Slack workspace) to the status message in
-the channel, and the ack latency the workspace records. Manual baseline: the commands an SRE runs
-by hand for the same facts (document 2.2/2.3), one after another, machine time only (no typing).
-Runs alternate bot / manual so that machine noise hits both alike. Prints medians, p95s, ratio.
+For each row (healthy, then each lab fault on one master, or on the cluster) the fault is
+applied, the bench waits until the bot's diagnosis shows it, then runs the bot and the manual
+sequence alternately, `--runs` times each, so machine noise hits both alike; then heals.
 
-Usage: .venv/bin/python bench/status.py [--runs 20]
+- Bot: from sending the slash command (the lab's Slack workspace) to the status message in the
+  channel; the diagnosis of every run is kept, and a row whose diagnosis changed between runs is
+  flagged.
+- Manual: the commands an SRE runs by hand for the same facts (document 2.2/2.3), one after
+  another, machine time only (no typing): with the API up, the `oc get` reads and `etcdctl` in an
+  etcd pod on a healthy node; with the API gone (api-down, lose-quorum), one `kubectl` that fails,
+  then `crictl ps -a` on every master and etcdctl over SSH on a master whose etcd runs.
+
+Prints one row per fault: bot median, manual median, ratio, the bot's state, and the worst bot run.
+
+Usage: .venv/bin/python bench/status.py [--runs 5] [--faults healthy,kill-etcd,...] [--dir LAB_DIR]
 """
 
 from __future__ import annotations
@@ -13,46 +22,49 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "lab.cli"]
+sys.path.insert(0, str(ROOT))
+
+from bot.cluster.hosts import ETCD_MANIFEST, etcdctl_env_from_manifest  # noqa: E402
+from lab.slack.client import workspace_root  # noqa: E402
+from tests.botprocess import Bot  # noqa: E402
+from tests.labfixture import Lab, parse_env, start_lab, stop_lab, wait_for  # noqa: E402
+
 JSONPATH_MEMBERS = '{range .items[0].status.conditions[?(@.type=="EtcdMembersAvailable")]}{.message}{"\\n"}'
 JSONPATH_MACHINES = '{range .items[*]}{@.status.nodeRef.name}{"\\t"}{@.status.providerStatus.instanceState}{"\\n"}'
 JSONPATH_TAINTS = '{range .items[*]}{"\\n"}{.metadata.name}{"\\t"}{range .spec.taints[*]}{.key}{" "}'
 
 
-def parse_env(path: Path) -> dict[str, str]:
-    import shlex
-
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[7:].partition("=")
-            env[key] = shlex.split(value)[0]
-    return env
+@dataclass(frozen=True)
+class Row:
+    fault: str  # "healthy" or an `etcdbot-lab fault` kind
+    on_node: bool  # the fault takes a node (the first master)
+    shows: Callable[[str], str]  # node -> text the bot's diagnosis holds once the fault is visible
+    api_down: bool = False
 
 
-def manual_commands(node: str) -> list[list[str]]:
-    pod = f"etcd-{node}"
-    return [
-        ["kubectl", "get", "etcd", f"-o=jsonpath={JSONPATH_MEMBERS}"],
-        ["kubectl", "get", "machines", "-A", f"-ojsonpath={JSONPATH_MACHINES}"],
-        ["kubectl", "get", "nodes", "-o", f"jsonpath={JSONPATH_TAINTS}"],
-        ["kubectl", "get", "nodes", "-l", "node-role.kubernetes.io/master"],
-        ["kubectl", "get", "pods", "-n", "openshift-etcd"],
-        ["kubectl", "exec", "-n", "openshift-etcd", pod, "--", "etcdctl", "member", "list", "-w", "table"],
-        ["kubectl", "exec", "-n", "openshift-etcd", pod, "--", "etcdctl", "endpoint", "status", "--cluster", "-w", "table"],
-        ["kubectl", "exec", "-n", "openshift-etcd", pod, "--", "etcdctl", "endpoint", "health", "--cluster"],
-        ["kubectl", "get", "clusterversion"],
-    ]
+ROWS = (
+    Row("healthy", False, lambda node: "etcd is healthy"),
+    Row("kill-etcd", True, lambda node: f"etcd pod on {node} is Error"),
+    Row("crashloop-etcd", True, lambda node: f"etcd pod on {node} is CrashLoopBackOff"),
+    Row("stop-machine", True, lambda node: f"machine of {node} is stopped"),
+    Row("node-notready", True, lambda node: f"{node} has the node.kubernetes.io/unreachable taint"),
+    Row("slow-etcd", True, lambda node: f"etcd member {node} is unhealthy"),
+    Row("lose-quorum", False, lambda node: "etcd has lost quorum", api_down=True),
+    Row("api-down", False, lambda node: "The API is unavailable", api_down=True),
+    Row("drop-ssh", True, lambda node: "etcd is healthy"),
+)
 
 
 def lab_call(base: str, path: str, body: dict | None = None) -> dict:
@@ -62,30 +74,60 @@ def lab_call(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def bot_once(lab_base: str) -> tuple[float, float]:
-    """(seconds to the status message, ack latency)."""
+def bot_once(lab_base: str) -> tuple[float, str]:
+    """(seconds from the slash command to the status message, the message's text)."""
     t0 = time.monotonic()
     sent = lab_call(lab_base, "_lab/command", {"user": "alice", "channel": "incident", "text": "/etcd-status"})
     deadline = t0 + 60
-    ack = None
     while time.monotonic() < deadline:
         records = lab_call(lab_base, f"_lab/transcript?channel=incident&since={sent['cursor']}")["records"]
         for r in records:
             if r.get("kind") == "failure":
                 raise RuntimeError(f"Slack shows a failure: {r}")
-            if r.get("kind") == "ack" and ack is None:
-                ack = r.get("latency")
             if r.get("kind") == "message" and not r.get("ephemeral_for") and "etcd on lab" in json.dumps(r.get("blocks")):
-                return time.monotonic() - t0, float(ack or 0.0)
-        time.sleep(0.02)
+                return time.monotonic() - t0, str(r.get("text", ""))
+        time.sleep(0.01)
     raise RuntimeError("no status message within 60 s")
 
 
-def manual_once(env: dict[str, str], node: str) -> float:
+def manual_api(lab: Lab, pod_node: str) -> list[list[str]]:
+    pod = f"etcd-{pod_node}"
+    return [
+        ["kubectl", "get", "etcd", f"-o=jsonpath={JSONPATH_MEMBERS}"],
+        ["kubectl", "get", "machines", "-A", f"-ojsonpath={JSONPATH_MACHINES}"],
+        ["kubectl", "get", "nodes", "-o", f"jsonpath={JSONPATH_TAINTS}"],
+        ["kubectl", "get", "nodes", "-l", "node-role.kubernetes.io/master"],
+        ["kubectl", "get", "pods", "-n", "openshift-etcd"],
+        ["kubectl", "exec", "-n", "openshift-etcd", pod, "-c", "etcdctl", "--", "etcdctl", "member", "list", "-w", "table"],
+        ["kubectl", "exec", "-n", "openshift-etcd", pod, "-c", "etcdctl", "--", "etcdctl", "endpoint", "status",
+         "--cluster", "-w", "table"],
+        ["kubectl", "exec", "-n", "openshift-etcd", pod, "-c", "etcdctl", "--", "etcdctl", "endpoint", "health",
+         "--cluster"],
+        ["kubectl", "get", "clusterversion"],
+    ]
+
+
+def ssh_argv(lab: Lab, node: str, command: str) -> list[str]:
+    return ["ssh", "-F", lab.env["LAB_SSH_CONFIG"], "-o", "ConnectTimeout=5", f"core@{node}", command]
+
+
+def manual_ssh(lab: Lab, etcd_node: str, env: dict[str, str]) -> list[list[str]]:
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return [
+        ["kubectl", "get", "etcd", f"-o=jsonpath={JSONPATH_MEMBERS}"],  # fails: that is how one learns the API is gone
+        *(ssh_argv(lab, node, "sudo crictl ps -a") for node in lab.masters),
+        ssh_argv(lab, etcd_node, f"sudo cat {ETCD_MANIFEST}"),
+        ssh_argv(lab, etcd_node, f"sudo env {exports} etcdctl member list -w table"),
+        ssh_argv(lab, etcd_node, f"sudo env {exports} etcdctl endpoint status --cluster -w table"),
+        ssh_argv(lab, etcd_node, f"sudo env {exports} etcdctl endpoint health --cluster"),
+    ]
+
+
+def manual_once(lab: Lab, commands: list[list[str]]) -> float:
     t0 = time.monotonic()
-    for argv in manual_commands(node):
-        subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "KUBECONFIG": env["KUBECONFIG"]},
-                       timeout=60)
+    for argv in commands:
+        subprocess.run(argv, capture_output=True, env={**os.environ, "KUBECONFIG": lab.env["KUBECONFIG"]},
+                       timeout=120, stdin=subprocess.DEVNULL, check=False)
     return time.monotonic() - t0
 
 
@@ -94,45 +136,91 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
 
 
+@dataclass
+class Result:
+    row: Row
+    bot: list[float]
+    manual: list[float]
+    texts: list[str]
+
+
+def measure(lab: Lab, lab_base: str, row: Row, *, runs: int) -> Result:
+    node = lab.masters[0]
+    healthy_node = lab.masters[1]
+    survivor = lab.masters[-1]  # lose-quorum stops the first two
+    if row.fault != "healthy":
+        lab.cli("fault", row.fault, *([node] if row.on_node else []))
+    try:
+        needle = row.shows(node)
+        wait_for(lambda: needle in bot_once(lab_base)[1], timeout=180, interval=1,
+                 what=f"the bot's status to show {needle!r} ({row.fault})")
+        if row.api_down:
+            manifest = lab.ssh(survivor, f"sudo cat {ETCD_MANIFEST}").stdout
+            commands = manual_ssh(lab, survivor, etcdctl_env_from_manifest(manifest))
+        else:
+            commands = manual_api(lab, healthy_node)
+        bot_times, manual_times, texts = [], [], []
+        for _ in range(runs):
+            took, text = bot_once(lab_base)
+            bot_times.append(took)
+            texts.append(text)
+            manual_times.append(manual_once(lab, commands))
+        return Result(row, bot_times, manual_times, texts)
+    finally:
+        if row.fault != "healthy":
+            lab.cli("heal")
+            wait_for(lambda: lab.kubectl("get", "etcd", f"-o=jsonpath={JSONPATH_MEMBERS}", check=False).stdout.strip()
+                     == "3 of 3 members are available", timeout=180, interval=1, what="the lab healed")
+            wait_for(lambda: "etcd is healthy" in bot_once(lab_base)[1], timeout=120, interval=1,
+                     what="the bot's status healthy again")
+
+
+def report(results: list[Result], *, runs: int) -> None:
+    print(f"/etcd-status, {runs} runs per row, bot and manual alternating (medians; the fault on "
+          "the first master, or on the cluster)")
+    print(f"{'fault':<15} {'bot median':>10} {'bot max':>8} {'manual median':>13} {'ratio':>6}  bot's diagnosis")
+    for r in results:
+        bm, mm = statistics.median(r.bot), statistics.median(r.manual)
+        first = r.texts[0].removeprefix("etcd on lab: ")
+        stable = "" if len(set(r.texts)) == 1 else f"  [diagnosis changed between runs: {len(set(r.texts))} texts]"
+        print(f"{r.row.fault:<15} {bm:>9.2f}s {max(r.bot):>7.2f}s {mm:>12.2f}s {mm / bm:>5.1f}x  {first[:90]}{stable}")
+    worst = max(statistics.median(r.bot) for r in results)
+    print(f"slowest row's bot median: {worst:.2f} s (goal: 2 s)")
+
+
+def run(lab: Lab, *, runs: int, faults: list[str]) -> None:
+    lab_base = workspace_root(lab.dir).rstrip("/") + "/"
+    bot = Bot(lab=lab, mode="socket", log_path=lab.dir / "bot-bench-status.log").start()
+    try:
+        bot_once(lab_base)  # warm-up: the first command of a fresh bot
+        rows = [r for r in ROWS if r.fault in faults]
+        results = [measure(lab, lab_base, row, runs=runs) for row in rows]
+    finally:
+        bot.stop()
+    report(results, runs=runs)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--faults", default=",".join(r.fault for r in ROWS),
+                        help="comma-separated rows (default: all)")
+    parser.add_argument("--dir", type=Path, help="a running lab (default: a fresh one, stopped afterwards)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        lab_dir = Path(tmp) / "lab"
-        subprocess.run([*CLI, "up", "--dir", str(lab_dir)], check=True, capture_output=True, cwd=ROOT)
-        env = parse_env(lab_dir / "env")
-        lab_base = env["ETCDBOT_SLACK_API_URL"].removesuffix("api/")
-        bot_env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDBOT_")}
-        bot = subprocess.Popen([sys.executable, "-m", "bot.main", "run", "--env-file", str(lab_dir / "env")], cwd=ROOT,
-                               env=bot_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = set(faults) - {r.fault for r in ROWS}
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    if args.dir:
+        lab_dir = args.dir.resolve()
+        run(Lab(dir=lab_dir, env=parse_env((lab_dir / "env").read_text())), runs=args.runs, faults=faults)
+        return
+    with tempfile.TemporaryDirectory(prefix="etcdbot-bench-status-") as tmp:
+        lab = start_lab(Path(tmp) / "lab")
         try:
-            node = env["LAB_MASTERS"].split()[0]
-            deadline = time.monotonic() + 60
-            while lab_call(lab_base, "_lab/status").get("socket_connections", 0) < 1:
-                if time.monotonic() > deadline or bot.poll() is not None:
-                    raise RuntimeError("the bot did not connect to the workspace")
-                time.sleep(0.1)
-            bot_once(lab_base)  # warm-up: the first Socket Mode connection
-            manual_once(env, node)
-            bot_times, acks, manual_times = [], [], []
-            for _ in range(args.runs):
-                total, ack = bot_once(lab_base)
-                bot_times.append(total)
-                acks.append(ack)
-                manual_times.append(manual_once(env, node))
+            run(lab, runs=args.runs, faults=faults)
         finally:
-            os.killpg(bot.pid, signal.SIGTERM)
-            bot.wait(timeout=15)
-            subprocess.run([*CLI, "down", "--dir", str(lab_dir)], capture_output=True, cwd=ROOT)
-    bm, mm = statistics.median(bot_times), statistics.median(manual_times)
-    print(f"runs: {args.runs} (bot and manual alternating, same lab)")
-    print(f"bot    /etcd-status to final message: median {bm:.3f} s  p95 {p95(bot_times):.3f} s")
-    print(f"bot    ack latency:                   median {statistics.median(acks) * 1000:.0f} ms  "
-          f"p95 {p95(acks) * 1000:.0f} ms")
-    print(f"manual {len(manual_commands('x'))} kubectl/etcdctl commands:      median {mm:.3f} s  "
-          f"p95 {p95(manual_times):.3f} s")
-    print(f"ratio manual/bot (medians): {mm / bm:.1f}x")
+            stop_lab(lab)
 
 
 if __name__ == "__main__":

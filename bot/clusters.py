@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from bot.cluster.hosts import Hosts, SshTarget
 from bot.cluster.kube import KubeClient
 from bot.config import ClusterSettings, Settings
+from bot.log import get_logger
 from procedures.backup import Preflight, preflight
 from procedures.diagnosis import Diagnosis, diagnose
 from procedures.facts import ClusterFacts
 from procedures.status import DEFAULT_TIMEOUTS, Timeouts, gather_facts
+
+log = get_logger("etcdbot.clusters")
 
 # Each API request's limit, for procedures too (a status bounds its own wait: `Timeouts.api`).
 KUBE_TIMEOUT = 7.0
@@ -52,6 +55,7 @@ class Clusters:
         self._settings = settings
         self._timeouts = timeouts
         self._kube: dict[str, KubeClient] = {}
+        self._hosts: dict[str, Hosts | None] = {}
         self._inflight: dict[tuple[str, frozenset[str]], asyncio.Future[StatusReport]] = {}
 
     def kube(self, name: str) -> KubeClient | None:
@@ -64,7 +68,28 @@ class Clusters:
         return self._kube[name]
 
     def hosts(self, name: str) -> Hosts | None:
-        return hosts_for(self._require(name))
+        """One `Hosts` per cluster for the process's life: it keeps an SSH connection per master."""
+        if name not in self._hosts:
+            self._hosts[name] = hosts_for(self._require(name))
+        return self._hosts[name]
+
+    async def warm(self) -> None:
+        """Opens the SSH connections of every cluster's masters (in an incident, the API may be
+        gone and SSH the only way: a status should not start with handshakes). Failures are
+        left to the next command to report."""
+        for name in self._settings.cluster_names:
+            self.kube(name)  # reads the kubeconfig now, not in a command's first status
+        pools = [h for h in (self.hosts(name) for name in self._settings.cluster_names) if h is not None]
+        await asyncio.gather(*(h.warm() for h in pools))
+
+    async def keep_warm(self, *, every: float = 20.0) -> None:
+        """Runs until cancelled: reopens, every `every` seconds, connections a master dropped."""
+        while True:
+            try:
+                await self.warm()
+            except Exception as exc:  # a broken setting must not stop the loop; commands report it
+                log.warning("ssh.warm_failed", error=str(exc)[:200])
+            await asyncio.sleep(every)
 
     async def status(self, name: str, *, expected_back: frozenset[str] = frozenset()) -> StatusReport:
         """Ch.2.2/2.3: gathers the facts and decides; never raises for an unreachable cluster.
@@ -101,3 +126,9 @@ class Clusters:
         for kube in self._kube.values():
             kube.close()
         self._kube.clear()
+
+    async def aclose(self) -> None:
+        """`close()` plus the kept SSH connections."""
+        pools, self._hosts = [h for h in self._hosts.values() if h is not None], {}
+        await asyncio.gather(*(h.close() for h in pools))
+        self.close()

@@ -8,6 +8,8 @@ and says what to put there; nothing here connects to anything.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from datetime import time
@@ -57,6 +59,11 @@ HINTS: dict[str, str] = {
     "procedure_modules": "comma-separated Python modules that register procedures, e.g. mycompany.procedures.drill",
     "allowed_usergroup": "a Slack user group handle (etcd-operators) or ID (S0123ABC)",
     "approver_usergroup": "a Slack user group handle or ID, e.g. etcd-approvers",
+    # -- approvals (engine) --
+    "approver_users": 'a JSON list of Slack user IDs who may approve, e.g. ["U012ABCDEF"], or []',
+    "approvals_required": 'a JSON object: procedure name -> approvers needed (1-10), e.g. {"restore": 2}',
+    "approval_expiry": "seconds an approval request (and an approval) stays valid, e.g. 900",
+    "approval_secret": "a long random string (e.g. `openssl rand -hex 32`), the same on every replica",
     "clusters": (
         'a JSON list, e.g. [{"name": "lab", "kubeconfig": "/path/kubeconfig", "channels": ["C0INCIDENT"], '
         '"ssh": {"user": "core", "private_key": "/path/id_ed25519", "known_hosts": "/path/known_hosts", '
@@ -134,6 +141,38 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+# -- approvals (engine): who may approve a cluster's destructive steps -------------------------------
+
+
+class ApproverSettings(BaseModel):
+    """The approvers of one cluster: members of a Slack user group, and/or listed user IDs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usergroup: str | None = None
+    users: tuple[str, ...] = ()
+
+    @field_validator("usergroup")
+    @classmethod
+    def _usergroup(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
+            raise ValueError(f"{value!r} is not a user group handle or ID")
+        return value.lstrip("@") if value else None
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for user in value:
+            if not SLACK_USER_ID_RE.fullmatch(user):
+                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
+        return value
+
+
+APPROVAL_KEY_CONTEXT = b"etcdbot approval decisions v1"
+
+# -- end of approvals (engine) ----------------------------------------------------------------------
+
+
 class ClusterSettings(BaseModel):
     """One OpenShift cluster the bot may act on."""
 
@@ -147,6 +186,8 @@ class ClusterSettings(BaseModel):
     timezone: str = "UTC"
     # None: ETCDBOT_BACKUP_SCHEDULE applies; "" turns scheduled backups off for this cluster only.
     backup_schedule: str | None = None
+    # None: ETCDBOT_APPROVER_USERGROUP / ETCDBOT_APPROVER_USERS apply to this cluster.
+    approvers: ApproverSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -274,11 +315,62 @@ class Settings(BaseSettings):
     # cluster, and which one (it must never shut down or restore the cluster it runs on).
     serviceaccount_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
+    # -- approvals (engine) --
+    approver_users: Annotated[tuple[str, ...], NoDecode] = ()
+    approvals_required: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    approval_expiry: float = Field(default=900.0, gt=0, le=86400)
+    approval_secret: SecretStr | None = None  # else derived from the bot token
 
-    @field_validator("allowed_users", "clusters", mode="before")
+    @field_validator("allowed_users", "clusters", "approver_users", mode="before")
     @classmethod
     def _decode_json(cls, value: Any) -> Any:
         return _json_list(value)
+
+    @field_validator("approvals_required", mode="before")
+    @classmethod
+    def _decode_required(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+        return value
+
+    @field_validator("approvals_required")
+    @classmethod
+    def _required(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, count in value.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"{name!r} is not a procedure name")
+            if not 1 <= count <= 10:
+                raise ValueError(f"{name}: {count} approvers; use 1 to 10")
+        return value
+
+    @field_validator("approver_users")
+    @classmethod
+    def _approver_users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for user in value:
+            if not SLACK_USER_ID_RE.fullmatch(user):
+                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
+        return value
+
+    def approvers_of(self, cluster: str) -> ApproverSettings:
+        """Who may approve `cluster`'s destructive steps: its own `approvers`, else the global ones."""
+        own = self.cluster(cluster)
+        if own is not None and own.approvers is not None:
+            return own.approvers
+        return ApproverSettings(usergroup=self.approver_usergroup or None, users=self.approver_users)
+
+    def approval_key(self) -> bytes:
+        """The HMAC key of approval records: from ETCDBOT_APPROVAL_SECRET, else derived from the bot
+        token (both live in the bot's secret, the same on every replica; neither is in Redis)."""
+        if self.approval_secret is not None and self.approval_secret.get_secret_value():
+            return hashlib.sha256(APPROVAL_KEY_CONTEXT + self.approval_secret.get_secret_value().encode()).digest()
+        token = self.slack_bot_token.get_secret_value().encode()
+        return hmac.new(token, APPROVAL_KEY_CONTEXT, hashlib.sha256).digest()
+    # -- end of approvals (engine) --
 
     @field_validator("backup_schedule")
     @classmethod
@@ -379,7 +471,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret's clear text, for the log redactor."""
-        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret, self.redis_password]
+        secrets = [self.slack_bot_token, self.slack_app_token, self.slack_signing_secret, self.redis_password,
+                   self.approval_secret]
         return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
 
 

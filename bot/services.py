@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from slack_sdk.http_retry.builtin_async_handlers import async_default_handlers
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.approvals import RedisApprovals, SlackApproverCheck
+from bot.approvals import ApprovalPolicy, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
 from bot.backups import BackupStore, Catalogue
 from bot.cluster.nodes import NodeShell
@@ -34,6 +35,7 @@ from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings
 from bot.log import get_logger
+from bot.metrics import SlackApiObserver
 from bot.procedure import (
     Fence,
     Procedure,
@@ -48,7 +50,7 @@ from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
 from bot.scheduler import BackupScheduler
 from bot.shutdowns import ShutdownLog
-from bot.store import Run
+from bot.store import Run, connect_redis
 from bot.tasks import cancel_and_wait
 
 log = get_logger(__name__)
@@ -71,7 +73,7 @@ class Services:
     runner: Runner
     store: BackupStore
     catalogue: Catalogue
-    recover_every: float = 10.0
+    recover_every: float = 5.0
     scheduler: BackupScheduler | None = None
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -135,16 +137,21 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
     """Everything a run needs; nothing is connected until `open()`. Imports the procedure modules
     (so a wrong ETCDBOT_PROCEDURE_MODULES stops the bot here, at start)."""
     load_procedures((*BUILTIN_PROCEDURES, *settings.procedure_modules))
-    redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
-        **settings.redis_options(),
-    )
+    redis = connect_redis(settings.redis_url, timeout=REDIS_TIMEOUT, **settings.redis_options())
+    # The runner's Slack traffic goes through the same observer as Bolt's (error and 429 metrics).
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
-                            timeout=30)
+                            timeout=30, retry_handlers=[SlackApiObserver(), *async_default_handlers()])
     sender = ThrottledSender(client=client)
+    approval_policy = ApprovalPolicy(key=settings.approval_key(), expiry=settings.approval_expiry,
+                                     required=dict(settings.approvals_required))
+
+    def approvers_of(cluster: str) -> ApproverSpec:
+        spec = settings.approvers_of(cluster)
+        return ApproverSpec(usergroup=spec.usergroup, users=spec.users)
+
     approvals = RedisApprovals(
-        redis=redis, sender=sender, group=settings.approver_usergroup, audit=Audit(redis=redis),
-        is_approver=SlackApproverCheck(client=client, usergroup=settings.approver_usergroup),
+        redis=redis, sender=sender, audit=Audit(redis=redis), policy=approval_policy,
+        approvers=SlackApprovers(client=client, spec_of=approvers_of),
     )
     store = BackupStore(root=settings.backup_dir, keys_root=settings.backup_keys_dir,
                         copy_rate=settings.backup_copy_rate)
@@ -158,7 +165,8 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
                 fence: Fence = no_fence) -> StepContext:
         return holder["services"].context(run=run, results=results, heartbeat=heartbeat, fence=fence)
 
-    runner = Runner(redis=redis, sender=sender, approvals=approvals, context_factory=context, procedures=procedures)
+    runner = Runner(redis=redis, sender=sender, approvals=approvals, approval_policy=approval_policy,
+                    context_factory=context, procedures=procedures)
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
     services.scheduler = BackupScheduler(

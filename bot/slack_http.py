@@ -20,12 +20,14 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from bot import metrics
+from bot.acks import ACKS
 from bot.log import get_logger
 
 log = get_logger("etcdbot.http")
 
 PATH = "/slack/events"
 MAX_AGE_SECONDS = 5 * 60
+BACKLOG = 1024
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
 
@@ -58,6 +60,10 @@ def build_web_app(app: AsyncApp, *, verifier: SignatureVerifier) -> web.Applicat
     """The aiohttp application of HTTP mode (separate from `serve` so tests can mount it)."""
 
     async def events(request: web.Request) -> web.Response:
+        with ACKS.request():
+            return await _events(request)
+
+    async def _events(request: web.Request) -> web.Response:
         body = await request.text()
         refusal = check_request(verifier=verifier, headers=request.headers, body=body)
         if refusal is not None:
@@ -78,7 +84,9 @@ async def serve(app: AsyncApp, *, signing_secret: str, port: int, host: str = "0
     """Serves HTTP mode until cancelled."""
     runner = web.AppRunner(build_web_app(app, verifier=make_verifier(signing_secret)), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host=host, port=port).start()
+    # A burst of commands opens many connections at once; asyncio's default backlog (100) would
+    # drop the rest of them, and each dropped SYN comes back a second later.
+    await web.TCPSite(runner, host=host, port=port, backlog=BACKLOG).start()
     log.info("http.listening", port=port, path=PATH)
     try:
         await asyncio.Event().wait()

@@ -21,6 +21,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.acks import ACKS
 from bot.cluster.etcdctl import human_size
 from bot.clusters import Clusters, StatusReport
 from bot.config import Settings
@@ -33,7 +34,7 @@ from handlers.common import (
     parse_for_cluster,
 )
 from procedures.diagnosis import Diagnosis, State
-from procedures.facts import ClusterFacts, SourceState
+from procedures.facts import ClusterFacts, ContainerLog, SourceState
 
 log = get_logger("etcdbot.status")
 
@@ -72,6 +73,16 @@ def _section(title: str, body: str) -> SectionBlock:
     return SectionBlock(text=MarkdownTextObject(text=f"*{title}*\n{body}"[:SECTION_LIMIT]))
 
 
+def _log_body(found: ContainerLog) -> str:
+    if found.error:
+        return f"_could not read it: {escape(found.error)}_"
+    reason = f"*{escape(found.reason)}*\n" if found.reason else ""
+    lines = "\n".join(found.lines)
+    if len(lines) > SECTION_LIMIT - 400:
+        lines = "…" + lines[-(SECTION_LIMIT - 400):]
+    return f"{reason}```\n{escape(lines)}\n```"
+
+
 def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
     """The status message as Block Kit blocks (pure: tested on ClusterFacts values)."""
     icon = STATE_ICON.get(diagnosis.state, ":red_circle:")
@@ -85,6 +96,8 @@ def render_status(facts: ClusterFacts, diagnosis: Diagnosis) -> list[Block]:
     ]
     if diagnosis.next_command:
         blocks.append(_section("Next", f"`{escape(diagnosis.next_command)}`"))
+    for found in facts.logs[:3]:
+        blocks.append(_section(f"Why etcd on {found.node} fails ({escape(found.source)})", _log_body(found)))
     blocks.append(DividerBlock())
     message = facts.members_available_message
     blocks.append(_section("EtcdMembersAvailable", escape(message) if message else "_not read (API unavailable)_"
@@ -137,7 +150,25 @@ def fallback_text(facts: ClusterFacts, diagnosis: Diagnosis) -> str:
     return f"etcd on {facts.cluster}: {diagnosis.summary}"[:3000]
 
 
+class RenderedOnce:
+    """The message of the latest report, rendered once: asks that shared one collection (a burst
+    in an incident channel) share its blocks too, as plain dicts, which slack_sdk sends without
+    building and validating Block Kit models again. Rendering 200 times was most of the bot's
+    work after a burst's acks, and it ran on the event loop the next acks wait for."""
+
+    def __init__(self) -> None:
+        self._last: tuple[StatusReport, list[dict[str, Any]], str] | None = None
+
+    def __call__(self, report: StatusReport) -> tuple[list[dict[str, Any]], str]:
+        if self._last is None or self._last[0] is not report:
+            blocks = [block.to_dict() for block in render_status(report.facts, report.diagnosis)]
+            self._last = (report, blocks, fallback_text(report.facts, report.diagnosis))
+        return self._last[1], self._last[2]
+
+
 def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awaitable[None]]:
+    rendered = RenderedOnce()
+
     async def handle_status(ack: Callable[..., Awaitable[Any]], command: dict[str, Any], client: Any,
                             respond: Callable[..., Awaitable[Any]]) -> None:
         found = await parse_for_cluster(ack=ack, command=command, spec=SPEC, settings=settings)
@@ -147,8 +178,8 @@ def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awa
         await ack(text=f"Checking etcd on {cluster}…", response_type="ephemeral")
         log.info("status.start", cluster=cluster, **command_context(command))
         report: StatusReport = await clusters.status(cluster)
-        blocks = render_status(report.facts, report.diagnosis)
-        text = fallback_text(report.facts, report.diagnosis)
+        await ACKS.settled()  # render and post after the acks of a burst, not between them
+        blocks, text = rendered(report)
         log.info("status.done", cluster=cluster, state=report.diagnosis.state.value,
                  sources={s.name: s.state.value for s in report.facts.sources})
         try:

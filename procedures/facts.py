@@ -9,6 +9,7 @@ are pure too.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,22 @@ class HostFacts:
     etcd_state: str | None = None  # crictl's STATE of the etcd container: Running, Exited, or None if absent
     etcd_attempt: int = 0
     error: str | None = None
+    etcd_exited_id: str | None = None  # the latest exited etcd container (its log says why it stopped)
+
+
+@dataclass(frozen=True)
+class ContainerLog:
+    """Why an etcd container fails, in etcd's own words: the last lines of its previous log.
+
+    `reason` is the line that says why (etcd's last panic or fatal entry), `lines` the last
+    meaningful lines (Go stack frames left out), both condensed from etcd's JSON; `error` says
+    why the log could not be read instead."""
+
+    node: str
+    source: str  # "previous log of etcd-<node> (API)" / "crictl logs <id> on <node> (SSH)"
+    reason: str | None = None
+    lines: tuple[str, ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class ClusterFacts:
     sources: tuple[SourceReport, ...] = ()
     expected_back: frozenset[str] = field(default_factory=frozenset)
     etcdctl_via: str = ""
+    logs: tuple[ContainerLog, ...] = ()
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -272,7 +290,10 @@ def host_facts(*, node: str, containers: Sequence[CrictlContainer]) -> HostFacts
     running = next((c for c in etcd if c.state.lower().endswith("running")), None)
     chosen = running or latest
     state = chosen.state.removeprefix("CONTAINER_").title() if chosen else None
-    return HostFacts(node=node, reachable=True, etcd_state=state, etcd_attempt=chosen.attempt if chosen else 0)
+    exited = [c for c in etcd if c.state.removeprefix("CONTAINER_").lower() == "exited"]
+    last_exited = max(exited, key=lambda c: c.attempt).id if exited else None
+    return HostFacts(node=node, reachable=True, etcd_state=state, etcd_attempt=chosen.attempt if chosen else 0,
+                     etcd_exited_id=last_exited)
 
 
 _AVAILABLE_RE = re.compile(r"(?:(\d+) of )?(\d+) members are available")
@@ -297,3 +318,42 @@ def parse_members_available(message: str) -> MembersAvailable | None:
     unhealthy = tuple(re.findall(r"([a-z0-9][-a-z0-9.]*) is unhealthy", message))
     not_started = tuple(re.findall(r"([a-z0-9][-a-z0-9.]*) has not started", message))
     return MembersAvailable(available=available, total=total, unhealthy=unhealthy, not_started=not_started)
+
+
+# ---- etcd's log, condensed ---------------------------------------------------------------
+
+_GO_FRAME = re.compile(r"^(goroutine \d+ |created by |[\w./*()\[\]-]+\(.*\)$)")
+_SEVERE = ("panic", "dpanic", "fatal")
+_SKIPPED_FIELDS = frozenset({"level", "ts", "caller", "msg", "stacktrace"})
+
+
+def _condense(line: str) -> tuple[str, str]:
+    """(level, text) of one log line: etcd's zap JSON as `level msg (key=value, ...)`."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            return "", text[:200]
+        if isinstance(entry, dict):
+            level = str(entry.get("level", ""))
+            fields = ", ".join(f"{k}={str(v)[:80]}" for k, v in entry.items() if k not in _SKIPPED_FIELDS)
+            return level, (f"{level} {entry.get('msg', '')}" + (f" ({fields})" if fields else ""))[:200]
+    if text.startswith("panic:"):
+        return "panic", text[:200]
+    return "", text[:200]
+
+
+def log_excerpt(text: str, *, keep: int = 6) -> tuple[str | None, tuple[str, ...]]:
+    """(the line that says why, the last `keep` meaningful lines) of an etcd container's log.
+    Pure: unit-tested on etcd's own output."""
+    condensed = []
+    for raw in text.splitlines():
+        if not raw.strip() or raw[:1].isspace() or _GO_FRAME.match(raw.strip()):
+            continue
+        condensed.append(_condense(raw))
+    severe = [t for level, t in condensed if level in _SEVERE and not t.startswith("panic:")]
+    severe = severe or [t for level, t in condensed if level in _SEVERE]
+    errors = [t for level, t in condensed if level == "error"]
+    reason = (severe or errors or [None])[-1]
+    return reason, tuple(t for _, t in condensed[-keep:])

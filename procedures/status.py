@@ -11,17 +11,19 @@ certificates read from the etcd static pod manifest). A slow or dead source beco
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from bot.cluster.etcd import DEFAULT_ETCD_TIMEOUTS, Etcd, EtcdSurvey, EtcdTimeouts
+from bot.cluster.etcd import DEFAULT_ETCD_TIMEOUTS, Etcd, EtcdSurvey, EtcdTimeouts, pod_endpoints
 from bot.cluster.hosts import Hosts, crictl_ps_command, parse_crictl_ps
-from bot.cluster.kube import KubeClient
+from bot.cluster.kube import KubeClient, KubeError
 from procedures.facts import (
     ClusterFacts,
     Condition,
+    ContainerLog,
     HostFacts,
     MemberFacts,
     PodFacts,
@@ -31,6 +33,7 @@ from procedures.facts import (
     conditions,
     host_facts,
     is_master_machine,
+    log_excerpt,
     machine_facts,
     members_from_etcdctl,
     node_facts,
@@ -60,6 +63,7 @@ class Timeouts:
     ssh: float = 8.0
     ssh_command: float = 2.0
     hedge: float = 0.3
+    logs: float = 1.5  # the previous log of a failed etcd container, read beside etcdctl
     etcd: EtcdTimeouts = DEFAULT_ETCD_TIMEOUTS
 
 
@@ -87,6 +91,7 @@ class _ApiFacts:
     pods: tuple[PodFacts, ...]
     machines: tuple[Any, ...]
     failures: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()  # ETCDCTL_ENDPOINTS of the etcd pods: asked while member list runs
 
 
 async def _api_facts(kube: KubeClient) -> _ApiFacts:
@@ -108,6 +113,7 @@ async def _api_facts(kube: KubeClient) -> _ApiFacts:
         pods=tuple(sorted((pod_facts(p) for p in pods or ()), key=lambda p: p.node)),
         machines=tuple(machine_facts(m) for m in machines or () if is_master_machine(m)),
         failures=failures,
+        endpoints=next((found for found in map(pod_endpoints, pods or ()) if found), ()),
     )
 
 
@@ -145,28 +151,92 @@ async def _host_containers(hosts: Hosts, *, timeout: float) -> tuple[HostFacts, 
     return tuple(await asyncio.gather(*(one(n) for n in hosts.nodes)))
 
 
+# ---- why a member fails: its etcd container's previous log --------------------------------
+
+LOG_TAIL = 60  # lines read; the excerpt keeps the last meaningful ones
+CONTAINER_ID_RE = re.compile(r"[0-9a-f]{6,64}")
+
+
+def _failed_pods(pods: Sequence[PodFacts]) -> list[PodFacts]:
+    """Pods whose etcd container crashed or exited (waiting to restart, or terminated)."""
+    return [p for p in pods if p.container_state.startswith(("waiting", "terminated"))]
+
+
+def _excerpt(node: str, source: str, text: str) -> ContainerLog:
+    reason, lines = log_excerpt(text)
+    if not lines:
+        return ContainerLog(node=node, source=source, error="the log is empty")
+    return ContainerLog(node=node, source=source, reason=reason, lines=lines)
+
+
+async def _api_logs(kube: KubeClient, pods: Sequence[PodFacts], *, timeout: float) -> tuple[ContainerLog, ...]:
+    """`oc logs --previous etcd-<node> -c etcd` of each failed pod (the instance that crashed);
+    a container that has no previous instance yet gives its current log."""
+    async def one(pod: PodFacts) -> ContainerLog:
+        source = f"previous log of {pod.name}, via the API"
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    text = await kube.pod_log(pod=pod.name, container="etcd", previous=True, tail_lines=LOG_TAIL)
+                except KubeError as exc:
+                    if exc.status != 400:
+                        raise
+                    source = f"log of {pod.name} (no previous instance), via the API"
+                    text = await kube.pod_log(pod=pod.name, container="etcd", tail_lines=LOG_TAIL)
+        except TimeoutError:
+            return ContainerLog(node=pod.node, source=source, error=f"no answer within {timeout:.1f}s")
+        except KubeError as exc:
+            return ContainerLog(node=pod.node, source=source, error=str(exc)[:200])
+        return _excerpt(pod.node, source, text)
+
+    return tuple(await asyncio.gather(*(one(p) for p in _failed_pods(pods))))
+
+
+async def _host_logs(hosts: Hosts, seen: Sequence[HostFacts], *, timeout: float) -> tuple[ContainerLog, ...]:
+    """`crictl logs --tail N <id>` of the latest exited etcd container on masters whose etcd is not running."""
+    async def one(host: HostFacts, container: str) -> ContainerLog:
+        source = f"crictl logs {container[:13]}, via SSH"
+        result = await hosts.run(node=host.node, argv=["sudo", "crictl", "logs", "--tail", str(LOG_TAIL), container],
+                                 timeout=timeout)
+        if result.rc is None or result.rc != 0:
+            return ContainerLog(node=host.node, source=source,
+                                error=(result.error or result.stderr.strip()[-200:] or f"exit {result.rc}"))
+        return _excerpt(host.node, source, result.stdout + result.stderr)  # etcd writes to stderr
+
+    failed = [(h, h.etcd_exited_id) for h in seen
+              if h.reachable and h.etcd_state != "Running" and h.etcd_exited_id
+              and CONTAINER_ID_RE.fullmatch(h.etcd_exited_id)]
+    return tuple(await asyncio.gather(*(one(h, cid) for h, cid in failed if cid)))
+
+
 @dataclass(frozen=True)
 class _HostPath:
     hosts: tuple[HostFacts, ...]
     reports: tuple[SourceReport, ...]
     members: tuple[MemberFacts, ...] = ()
     via: str = ""
+    logs: tuple[ContainerLog, ...] = ()
 
 
 async def _host_path(hosts: Hosts, timeouts: Timeouts) -> _HostPath:
-    """`crictl ps -a` on every master, then etcdctl on one whose etcd runs (2.2 without the API)."""
-    host_list, report = await _timed("SSH crictl", timeouts.ssh,
-                                     lambda: _host_containers(hosts, timeout=timeouts.ssh_command))
-    reports = [report]
-    host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=report.detail) for n in hosts.nodes)
-    running = [h.node for h in host_list if h.reachable and h.etcd_state == "Running"]
-    order = running + [h.node for h in host_list if h.reachable and h.node not in running]
-    etcd = Etcd(kube=None, hosts=hosts, ssh_nodes=order,
-                timeouts=replace(timeouts.etcd, manifest=timeouts.ssh_command))
-    found, report = await _timed("etcdctl (SSH)", timeouts.ssh, lambda: _members_via(etcd))
-    reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)"))
+    """`crictl ps -a` on every master and, side by side, etcdctl on the first master that runs it
+    (its manifest's ETCDCTL_ENDPOINTS name every member, so any master with a working etcdctl
+    tells about all of them): 2.2 without the API."""
+    etcd = Etcd(kube=None, hosts=hosts, timeouts=replace(timeouts.etcd, manifest=timeouts.ssh_command))
+
+    async def containers_then_logs() -> tuple[tuple[HostFacts, ...] | None, SourceReport, tuple[ContainerLog, ...]]:
+        seen, report = await _timed("SSH crictl", timeouts.ssh,
+                                    lambda: _host_containers(hosts, timeout=timeout_ssh))
+        logs = await _host_logs(hosts, seen or (), timeout=timeout_ssh) if seen else ()
+        return seen, report, logs
+
+    timeout_ssh = timeouts.ssh_command
+    (host_list, crictl, logs), (found, report) = await asyncio.gather(
+        containers_then_logs(), _timed("etcdctl (SSH)", timeouts.ssh, lambda: _members_via(etcd)))
+    host_list = host_list or tuple(HostFacts(node=n, reachable=False, error=crictl.detail) for n in hosts.nodes)
+    etcdctl_report = replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (SSH)")
     members, via = found if found else ((), "")
-    return _HostPath(hosts=host_list, reports=tuple(reports), members=members, via=via)
+    return _HostPath(hosts=host_list, reports=(crictl, etcdctl_report), members=members, via=via, logs=logs)
 
 
 async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | None,
@@ -196,12 +266,15 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
 
     members: tuple[MemberFacts, ...] = ()
     via = ""
+    logs: tuple[ContainerLog, ...] = ()
     if api is not None:
         assert kube is not None
         not_ready = {n.name for n in api.nodes if n.not_ready}
         pods = [(p.name, p.node) for p in _exec_candidates(api.pods, not_ready=not_ready)]
-        etcd = Etcd(kube=kube, hosts=None, pods=pods, timeouts=timeouts.etcd)
-        found, report = await _timed("etcdctl", timeouts.etcdctl, lambda: _members_via(etcd))
+        etcd = Etcd(kube=kube, hosts=None, pods=pods, endpoints_hint=api.endpoints, timeouts=timeouts.etcd)
+        (found, report), logs = await asyncio.gather(
+            _timed("etcdctl", timeouts.etcdctl, lambda: _members_via(etcd)),
+            _api_logs(kube, api.pods, timeout=timeouts.logs))
         reports.append(replace(report, name=f"etcdctl ({found[1]})" if found else "etcdctl (exec)"))
         if found:
             members, via = found
@@ -214,6 +287,7 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
         reports.extend(seen.reports)
         if not members and seen.members:
             members, via = seen.members, seen.via
+        logs = logs or seen.logs
     elif need_hosts:
         reports.append(SourceReport("SSH", SourceState.SKIPPED, detail="no SSH hosts configured"))
     elif host_path is not None:
@@ -236,6 +310,7 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
         sources=tuple(reports),
         expected_back=expected_back,
         etcdctl_via=via,
+        logs=logs,
     )
 
 

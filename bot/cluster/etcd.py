@@ -21,8 +21,9 @@ call is the runner's to gate and repeat).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,6 +120,12 @@ class Place(Protocol):
     @property
     def where(self) -> str: ...
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The members' client URLs this place was configured with (ETCDCTL_ENDPOINTS): a hint
+        that lets a survey ask them while `member list` is still on its way."""
+        ...
+
     async def etcdctl(self, argv: Sequence[str], *, endpoints: str | None, timeout: float) -> Ran: ...
 
 
@@ -129,10 +136,15 @@ class PodPlace:
     kube: KubeClient
     pod: str
     node: str
+    hint: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
         return f"exec in {self.pod}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.hint
 
     async def etcdctl(self, argv: Sequence[str], *, endpoints: str | None, timeout: float) -> Ran:
         command = ["env", f"ETCDCTL_ENDPOINTS={endpoints}", *argv] if endpoints else list(argv)
@@ -156,6 +168,10 @@ class HostPlace:
     @property
     def where(self) -> str:
         return f"SSH on {self.node}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return split_endpoints(self.env.get("ETCDCTL_ENDPOINTS", ""))
 
     async def etcdctl(self, argv: Sequence[str], *, endpoints: str | None, timeout: float) -> Ran:
         env = {**self.env, **({"ETCDCTL_ENDPOINTS": endpoints} if endpoints else {})}
@@ -188,6 +204,21 @@ def usable_pods(pods: Iterable[Mapping[str, Any]], *, not_ready: Iterable[str] =
     return [pod for _, pod in sorted(found)]
 
 
+def split_endpoints(value: str) -> tuple[str, ...]:
+    """'https://a:2379,https://b:2379' -> the well-formed URLs (they go into an environment variable)."""
+    return tuple(e.strip() for e in value.split(",") if etcdctl.ENDPOINT_RE.fullmatch(e.strip()))
+
+
+def pod_endpoints(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """ETCDCTL_ENDPOINTS of an etcd pod's etcdctl container, as the pod spec holds it."""
+    for container in pod.get("spec", {}).get("containers") or []:
+        if container.get("name") == ETCDCTL_CONTAINER:
+            for env in container.get("env") or []:
+                if env.get("name") == "ETCDCTL_ENDPOINTS":
+                    return split_endpoints(str(env.get("value") or ""))
+    return ()
+
+
 def not_ready_nodes(nodes: Iterable[Mapping[str, Any]]) -> set[str]:
     """Master nodes with the unreachable taint or a Ready condition other than True."""
     result = set()
@@ -214,15 +245,17 @@ def _reason(ran: Ran, *, timeout: float) -> str:
 class Etcd:
     """etcd of one cluster. Construct per use (a status, a procedure's step); it keeps the place
     that answered first. `pods` (pod, node) in the order to try skips listing them (the status
-    has them already); `ssh_nodes` is the order of masters to try over SSH (default: all)."""
+    has them already), with `endpoints_hint` their ETCDCTL_ENDPOINTS; `ssh_nodes` is the order of
+    masters to try over SSH (default: all)."""
 
     def __init__(self, *, kube: KubeClient | None, hosts: Hosts | None, avoid_nodes: Iterable[str] = (),
-                 pods: Sequence[tuple[str, str]] | None = None, ssh_nodes: Sequence[str] | None = None,
-                 timeouts: EtcdTimeouts = DEFAULT_ETCD_TIMEOUTS) -> None:
+                 pods: Sequence[tuple[str, str]] | None = None, endpoints_hint: Sequence[str] = (),
+                 ssh_nodes: Sequence[str] | None = None, timeouts: EtcdTimeouts = DEFAULT_ETCD_TIMEOUTS) -> None:
         self._kube = kube
         self._hosts = hosts
         self._avoid = frozenset(avoid_nodes)
         self._pods = list(pods) if pods is not None else None
+        self._hint = tuple(e for e in endpoints_hint if etcdctl.ENDPOINT_RE.fullmatch(e))
         self._ssh_nodes = list(ssh_nodes) if ssh_nodes is not None else None
         self.timeouts = timeouts
         self._place: Place | None = None
@@ -233,18 +266,19 @@ class Etcd:
         """Where etcdctl runs ("exec in etcd-<node>", "SSH on <node>"); empty until one answered."""
         return self._place.where if self._place else ""
 
-    # ---- the four verbs --------------------------------------------------------------------
+    # ---- the verbs ---------------------------------------------------------------------------
 
     async def member_list(self) -> MemberList:
         """`etcdctl member list`: in the place already chosen, else the first place that answers."""
         async with self._lock:
-            if self._place is not None:
-                ran = await self._place.etcdctl(etcdctl.member_list_command(flags=self.timeouts.flags),
-                                                endpoints=None, timeout=self.timeouts.call)
-                if ran.rc == 0:
-                    return etcdctl.parse_member_list(ran.stdout)
-                self._place = None  # it stopped answering: look again, from the top
-            return await self._find_place()
+            errors: list[str] = []
+            async with contextlib.aclosing(self._places(errors)) as places:
+                async for place in places:
+                    found = await self._list_at(place, errors)
+                    if found is not None:
+                        self._place = place
+                        return found
+            raise EtcdUnavailable("; ".join(errors) or "no Running etcd pod and no master over SSH to run etcdctl")
 
     async def member_remove(self, member_id: str, *, fence: Fence) -> MemberList:
         """`etcdctl member remove <id>` (hex, as `member list` prints it), in the place the last
@@ -255,9 +289,7 @@ class Etcd:
             member_id, flags=etcdctl.timeout_flags(dial=self.timeouts.dial, command=self.timeouts.remove))
         if self._place is None:
             await self.member_list()
-        place = self._place
-        if place is None:
-            raise EtcdUnavailable("no place to run etcdctl")
+        place = self._require_place()
         await fence()
         limit = self.timeouts.dial + self.timeouts.remove + self.timeouts.margin
         ran = await place.etcdctl(argv, endpoints=None, timeout=limit)
@@ -274,30 +306,77 @@ class Etcd:
         if members is None or self._place is None:
             listed = await self.member_list()
             members = members or listed
-        place = self._require_place()
-        endpoints = _endpoints(members)
-        results = await asyncio.gather(*(self._one_status(place, ep) for ep in endpoints))
-        return EndpointStatuses(
-            answered=tuple(r for r in results if isinstance(r, EndpointStatus)),
-            failed=tuple(r for r in results if isinstance(r, EndpointFailure)),
-        )
+        found = await self._statuses(self._require_place(), _endpoints(members))
+        return _statuses_in_order(found, _endpoints(members))
 
     async def endpoint_health(self, members: MemberList | None = None) -> tuple[EndpointHealth, ...]:
-        """`endpoint health` of every started member, one call each, all at once; one entry per
-        member, a member that gave no answer is unhealthy with the reason."""
+        """`endpoint health` of every started member: one etcdctl call that checks them all at once
+        (etcdctl 3.4 checks endpoints side by side, each bounded by the dial and command timeouts);
+        one entry per member, a member that gave no answer is unhealthy with the reason."""
         if members is None or self._place is None:
             listed = await self.member_list()
             members = members or listed
-        place = self._require_place()
-        return tuple(await asyncio.gather(*(self._one_health(place, ep) for ep in _endpoints(members))))
+        endpoints = _endpoints(members)
+        found = await self._health(self._require_place(), endpoints)
+        return tuple(found[ep] for ep in endpoints)
 
     async def survey(self) -> EtcdSurvey:
-        """Member list, then status and health of every member side by side."""
-        members = await self.member_list()
-        statuses, health = await asyncio.gather(self.endpoint_status(members), self.endpoint_health(members))
-        return EtcdSurvey(members=members, statuses=statuses, health=health, via=self.via)
+        """Member list, status and health of every member. The members the place's
+        ETCDCTL_ENDPOINTS names are asked while `member list` runs; a member it does not name
+        (added since) is asked after; a named one that is no member is left out."""
+        async with self._lock:
+            errors: list[str] = []
+            async with contextlib.aclosing(self._places(errors)) as places:
+                async for place in places:
+                    found = await self._survey_at(place, errors)
+                    if found is not None:
+                        return found
+            raise EtcdUnavailable("; ".join(errors) or "no Running etcd pod and no master over SSH to run etcdctl")
+
+    async def _survey_at(self, place: Place, errors: list[str]) -> EtcdSurvey | None:
+        """One round trip when the place names the members (its ETCDCTL_ENDPOINTS): member list,
+        and status and health of each named member, in one shell; a second one for members it
+        did not name (added since)."""
+        hint = list(place.endpoints)
+        limit = self.timeouts.call
+        command = etcdctl.survey_command(endpoints=hint, flags=self.timeouts.flags)
+        ran = await _bounded(place.etcdctl(command, endpoints=None, timeout=limit), limit)
+        out = etcdctl.parse_survey(ran.stdout)
+        if out.members is None:
+            errors.append(f"{place.where}: member list: {_reason(ran, timeout=limit)}")
+            return None
+        self._place = place
+        members = out.members
+        endpoints = _endpoints(members)
+        if out.garbled:
+            statuses, health = await self._check(place, endpoints)
+        else:
+            statuses, health = _answers(out, ran, hint, limit=limit)
+            missing = [e for e in endpoints if e not in statuses]
+            if missing:
+                more_statuses, more_health = await self._check(place, missing)
+                statuses, health = {**statuses, **more_statuses}, {**health, **more_health}
+        return EtcdSurvey(members=members, statuses=_statuses_in_order(statuses, endpoints),
+                          health=tuple(health[e] for e in endpoints), via=place.where)
 
     # ---- per endpoint ------------------------------------------------------------------------
+
+    async def _check(self, place: Place, endpoints: Sequence[str]
+                     ) -> tuple[dict[str, EndpointStatus | EndpointFailure], dict[str, EndpointHealth]]:
+        """Status and health of `endpoints`: one shell, or one call each when its output was garbled."""
+        if not endpoints:
+            return {}, {}
+        limit = self.timeouts.call
+        command = etcdctl.survey_command(endpoints=endpoints, flags=self.timeouts.flags, member_list=False)
+        ran = await _bounded(place.etcdctl(command, endpoints=None, timeout=limit), limit)
+        out = etcdctl.parse_survey(ran.stdout)
+        if ran.rc is not None and not out.garbled:
+            return _answers(out, ran, endpoints, limit=limit)
+        return await asyncio.gather(self._statuses(place, endpoints), self._health(place, endpoints))
+
+    async def _statuses(self, place: Place, endpoints: Sequence[str]) -> dict[str, EndpointStatus | EndpointFailure]:
+        results = await asyncio.gather(*(self._one_status(place, ep) for ep in endpoints))
+        return dict(zip(endpoints, results, strict=True))
 
     async def _one_status(self, place: Place, endpoint: str) -> EndpointStatus | EndpointFailure:
         limit = self.timeouts.call
@@ -312,19 +391,21 @@ class Etcd:
                 return found[0]
         return EndpointFailure(endpoint, _reason(ran, timeout=limit), ran.elapsed)
 
-    async def _one_health(self, place: Place, endpoint: str) -> EndpointHealth:
+    async def _health(self, place: Place, endpoints: Sequence[str]) -> dict[str, EndpointHealth]:
+        if not endpoints:
+            return {}
         limit = self.timeouts.call
         ran = await _bounded(place.etcdctl(etcdctl.endpoint_health_one_command(flags=self.timeouts.flags),
-                                           endpoints=endpoint, timeout=limit), limit)
+                                           endpoints=",".join(endpoints), timeout=limit), limit)
+        found: dict[str, EndpointHealth] = {}
         if ran.rc is not None and ran.stdout.strip():
             try:
-                found = etcdctl.parse_endpoint_health(ran.stdout)
+                found = {h.endpoint: h for h in etcdctl.parse_endpoint_health(ran.stdout)}
             except EtcdctlParseError:
-                found = ()
-            if found:
-                return found[0]
-        return EndpointHealth(endpoint=endpoint, healthy=False, took=f"{ran.elapsed:.3f}s",
-                              error=_reason(ran, timeout=limit))
+                found = {}
+        reason = _reason(ran, timeout=limit) if ran.rc != 0 else "no answer"
+        return {ep: found.get(ep) or EndpointHealth(endpoint=ep, healthy=False, took=f"{ran.elapsed:.3f}s", error=reason)
+                for ep in endpoints}
 
     # ---- finding a place --------------------------------------------------------------------
 
@@ -333,27 +414,35 @@ class Etcd:
             raise EtcdUnavailable("no place to run etcdctl")
         return self._place
 
-    async def _find_place(self) -> MemberList:
-        errors: list[str] = []
-        flags = self.timeouts.flags
+    async def _list_at(self, place: Place, errors: list[str]) -> MemberList | None:
+        limit = self.timeouts.call
+        ran = await _bounded(place.etcdctl(etcdctl.member_list_command(flags=self.timeouts.flags), endpoints=None,
+                                           timeout=limit), limit)
+        if ran.rc != 0:
+            errors.append(f"{place.where}: member list: {_reason(ran, timeout=limit)}")
+            return None
+        try:
+            return etcdctl.parse_member_list(ran.stdout)
+        except EtcdctlParseError as exc:
+            errors.append(f"{place.where}: {exc}")
+            return None
+
+    async def _places(self, errors: list[str]) -> AsyncIterator[Place]:
+        """The place already chosen, then etcd pods, then masters over SSH, lazily (a master's
+        manifest is read only when the places before it failed)."""
+        tried: set[str] = set()
+        if self._place is not None:
+            tried.add(self._place.where)
+            yield self._place
         for place in await self._pod_places(errors):
-            ran = await _bounded(place.etcdctl(etcdctl.member_list_command(flags=flags), endpoints=None,
-                                               timeout=self.timeouts.call), self.timeouts.call)
-            found = _member_list(ran, place=place, errors=errors, timeout=self.timeouts.call)
-            if found is not None:
-                self._place = place
-                return found
+            if place.where not in tried:
+                yield place
         for node in self._host_nodes():
-            place = await self._host_place(node, errors)
-            if place is None:
+            if f"SSH on {node}" in tried:
                 continue
-            ran = await _bounded(place.etcdctl(etcdctl.member_list_command(flags=flags), endpoints=None,
-                                               timeout=self.timeouts.call), self.timeouts.call)
-            found = _member_list(ran, place=place, errors=errors, timeout=self.timeouts.call)
-            if found is not None:
-                self._place = place
-                return found
-        raise EtcdUnavailable("; ".join(errors) or "no Running etcd pod and no master over SSH to run etcdctl")
+            host = await self._host_place(node, errors)
+            if host is not None:
+                yield host
 
     async def _pod_places(self, errors: list[str]) -> list[PodPlace]:
         if self._kube is None:
@@ -366,7 +455,9 @@ class Etcd:
                 errors.append(f"etcd pods: {exc}")
                 return []
             self._pods = usable_pods(pods, not_ready=not_ready_nodes(nodes), avoid=self._avoid)
-        return [PodPlace(kube=kube, pod=pod, node=node) for pod, node in self._pods if node not in self._avoid]
+            self._hint = self._hint or next((h for h in map(pod_endpoints, pods) if h), ())
+        return [PodPlace(kube=kube, pod=pod, node=node, hint=self._hint) for pod, node in self._pods
+                if node not in self._avoid]
 
     def _host_nodes(self) -> list[str]:
         if self._hosts is None:
@@ -388,6 +479,29 @@ class Etcd:
         return HostPlace(hosts=self._hosts, node=node, env=env)
 
 
+def _answers(out: etcdctl.SurveyOutput, ran: Ran, endpoints: Sequence[str], *, limit: float
+             ) -> tuple[dict[str, EndpointStatus | EndpointFailure], dict[str, EndpointHealth]]:
+    """Per endpoint, what a survey shell printed; an endpoint with no line gets the reason etcdctl
+    gave on stderr, or 'no answer'."""
+    reasons = etcdctl.status_failures(ran.stderr)
+    fallback = _reason(ran, timeout=limit) if ran.rc is None else "no answer"
+    by_status = {s.endpoint: s for s in out.statuses}
+    by_health = {h.endpoint: h for h in out.health}
+    statuses: dict[str, EndpointStatus | EndpointFailure] = {
+        e: by_status.get(e) or EndpointFailure(e, reasons.get(e, fallback), ran.elapsed) for e in endpoints}
+    health = {e: by_health.get(e) or EndpointHealth(endpoint=e, healthy=False, took=f"{ran.elapsed:.3f}s",
+                                                    error=reasons.get(e, fallback)) for e in endpoints}
+    return statuses, health
+
+
+
+def _statuses_in_order(found: Mapping[str, EndpointStatus | EndpointFailure], endpoints: Sequence[str]
+                       ) -> EndpointStatuses:
+    chosen = [found[e] for e in endpoints if e in found]
+    return EndpointStatuses(answered=tuple(r for r in chosen if isinstance(r, EndpointStatus)),
+                            failed=tuple(r for r in chosen if isinstance(r, EndpointFailure)))
+
+
 async def _bounded(call: Awaitable[Ran], limit: float) -> Ran:
     """Our own deadline over the place's: a hung exec or channel is cut, and says so."""
     started = time.monotonic()
@@ -396,17 +510,6 @@ async def _bounded(call: Awaitable[Ran], limit: float) -> Ran:
             return await call
     except TimeoutError:
         return Ran(None, "", f"no answer within {limit:.1f}s", time.monotonic() - started)
-
-
-def _member_list(ran: Ran, *, place: Place, errors: list[str], timeout: float) -> MemberList | None:
-    if ran.rc != 0:
-        errors.append(f"{place.where}: member list: {_reason(ran, timeout=timeout)}")
-        return None
-    try:
-        return etcdctl.parse_member_list(ran.stdout)
-    except EtcdctlParseError as exc:
-        errors.append(f"{place.where}: {exc}")
-        return None
 
 
 def _endpoints(members: MemberList) -> list[str]:

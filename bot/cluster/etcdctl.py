@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -218,3 +219,78 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
         value /= 1000
     return f"{size} B"
+
+
+# ---- one round trip for a whole survey ---------------------------------------------------
+
+
+def survey_command(*, endpoints: Sequence[str], flags: Sequence[str] = TIMEOUT_FLAGS,
+                   member_list: bool = True) -> list[str]:
+    """`sh -c` running, side by side: `member list`, `endpoint status` of each endpoint alone and
+    `endpoint health` of all of them, each printing one JSON line.
+
+    Why one shell: every command sent into a pod is an exec (API server, kubelet, runtime) and
+    every command over SSH a session; five of them per status cost more than the etcdctl calls
+    themselves. The endpoints are checked URLs and every value is quoted, so the script holds
+    nothing a person typed. The outputs are told apart by their shape (`parse_survey`)."""
+    checked = [e for e in endpoints if ENDPOINT_RE.fullmatch(e)]
+    if len(checked) != len(endpoints):
+        raise ValueError(f"not an endpoint URL: {sorted(set(endpoints) - set(checked))}")
+    tail = " ".join(shlex.quote(f) for f in (*flags,))
+    parts = [f"etcdctl member list -w json {tail}"] if member_list else []
+    parts += [f"ETCDCTL_ENDPOINTS={shlex.quote(e)} etcdctl endpoint status -w json {tail}" for e in checked]
+    if checked:
+        parts.append(f"ETCDCTL_ENDPOINTS={shlex.quote(','.join(checked))} etcdctl endpoint health -w json {tail}")
+    if not parts:
+        raise ValueError("nothing to ask")
+    return ["sh", "-c", " & ".join(parts) + " & wait"]
+
+
+@dataclass(frozen=True)
+class SurveyOutput:
+    """What a `survey_command` printed. `garbled`: a line that is none of the three shapes (two
+    outputs mixed, a truncated line): the caller asks again one command at a time."""
+
+    members: MemberList | None
+    statuses: tuple[EndpointStatus, ...]
+    health: tuple[EndpointHealth, ...]
+    garbled: bool = False
+
+
+def parse_survey(stdout: str) -> SurveyOutput:
+    members: MemberList | None = None
+    statuses: list[EndpointStatus] = []
+    health: list[EndpointHealth] = []
+    garbled = False
+    for line in stdout.splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            garbled = True
+            continue
+        try:
+            if isinstance(value, Mapping) and "members" in value:
+                members = parse_member_list(text)
+            elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "Status" in v for v in value):
+                statuses.extend(parse_endpoint_status(text))
+            elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "health" in v for v in value):
+                health.extend(parse_endpoint_health(text))
+            elif value != []:  # a status of a dead endpoint prints [] (and its reason on stderr)
+                garbled = True
+        except EtcdctlParseError:
+            garbled = True
+    return SurveyOutput(members=members, statuses=tuple(statuses), health=tuple(health), garbled=garbled)
+
+
+def status_failures(stderr: str) -> dict[str, str]:
+    """endpoint -> reason, from etcdctl's 'Failed to get the status of endpoint URL (reason)' lines."""
+    marker = "Failed to get the status of endpoint "
+    found = {}
+    for line in stderr.splitlines():
+        if marker in line:
+            endpoint, _, reason = line.split(marker, 1)[1].partition(" ")
+            found[endpoint] = reason.strip().removeprefix("(").removesuffix(")") or "no answer"
+    return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import shlex
 import time
@@ -75,11 +76,27 @@ def shell_command(argv: Sequence[str]) -> str:
 
 class Hosts:
     """The masters of one cluster, reachable by node name; and its workers, which only a step
-    that names one reaches (`nodes` is the masters: everything etcd-related means them)."""
+    that names one reaches (`nodes` is the masters: everything etcd-related means them).
+
+    `run` keeps one SSH connection per master open between commands (each command is a channel
+    on it): a handshake costs a key exchange and, on a loaded master, a good part of a second,
+    which a status in an incident cannot spend on every command. A connection the master drops
+    is noticed (keepalives, or the drop itself) and reopened by the next command; a command whose
+    channel could not even open on a stale connection is sent once more on a fresh one (it never
+    started, so that is safe). `warm()` opens them ahead of need; `close()` closes them.
+    """
+
+    # OpenSSH's MaxSessions is 10 channels per connection; stay under it.
+    CHANNELS_PER_HOST = 8
+    KEEPALIVE = 15.0
 
     def __init__(self, targets: Mapping[str, SshTarget], *, workers: Mapping[str, SshTarget] | None = None) -> None:
         self._targets = dict(targets)
         self._workers = {k: v for k, v in (workers or {}).items() if k not in self._targets}
+        self._pool: dict[str, Any] = {}
+        self._opening: dict[str, asyncio.Future[Any]] = {}
+        self._channels: dict[str, asyncio.Semaphore] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -108,17 +125,93 @@ class Hosts:
             return CommandResult(node=node, argv=tuple(argv), rc=rc, stdout=stdout, stderr=stderr,
                                  elapsed=time.monotonic() - started, error=error)
 
+        process: Any = None
         try:
-            async with asyncio.timeout(timeout):
-                async with self._connect(target, timeout=timeout) as conn:
-                    completed = await conn.run(command, check=False)
+            async with asyncio.timeout(timeout), self._channel_slot(node):
+                for attempt in (1, 2):
+                    conn, fresh = await self._connection(target, timeout=timeout)
+                    try:
+                        process = await conn.create_process(command)
+                        break
+                    except asyncssh.ChannelOpenError:
+                        self._discard(node, conn)
+                        if fresh or attempt == 2:
+                            raise
+                completed = await process.wait(check=False)
         except TimeoutError:
             return result(None, error=f"no answer from {node} within {timeout:.0f}s")
         except (OSError, asyncssh.Error) as exc:
             return result(None, error=f"SSH to {node} failed: {exc}")
+        finally:
+            if process is not None and process.exit_status is None:
+                process.close()  # timed out or cancelled: do not leave the channel open on the shared connection
         rc = completed.exit_status if completed.exit_status is not None else -1
         return result(rc, _text(completed.stdout), _text(completed.stderr))
 
+    async def warm(self, *, timeout: float = 10.0) -> dict[str, str | None]:
+        """Opens a connection to every master that has none; node -> None, or why it failed."""
+        async def one(node: str) -> str | None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._connection(self.target(node), timeout=timeout)
+            except TimeoutError:
+                return f"no answer within {timeout:.0f}s"
+            except (OSError, asyncssh.Error) as exc:
+                return str(exc) or type(exc).__name__
+            return None
+
+        return dict(zip(self.nodes, await asyncio.gather(*(one(n) for n in self.nodes)), strict=True))
+
+    async def close(self) -> None:
+        """Closes the kept connections (at the bot's stop)."""
+        pool, self._pool = self._pool, {}
+        for conn in pool.values():
+            conn.close()
+        for conn in pool.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+    def _same_loop(self) -> None:
+        """Connections belong to the loop that opened them; a new loop (a test's) starts afresh."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._pool, self._opening, self._channels = {}, {}, {}
+
+    def _channel_slot(self, node: str) -> asyncio.Semaphore:
+        self._same_loop()
+        return self._channels.setdefault(node, asyncio.Semaphore(self.CHANNELS_PER_HOST))
+
+    async def _connection(self, target: SshTarget, *, timeout: float) -> tuple[Any, bool]:
+        """(connection, freshly opened). Concurrent callers share one handshake; a caller that
+        gives up does not cancel it for the others."""
+        self._same_loop()
+        node = target.node
+        conn = self._pool.get(node)
+        if conn is not None and not conn.is_closed():
+            return conn, False
+        opening = self._opening.get(node)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(target, timeout=timeout))
+            self._opening[node] = opening
+            opening.add_done_callback(functools.partial(self._opened, node))
+        return await asyncio.shield(opening), True
+
+    def _opened(self, node: str, done: asyncio.Future[Any]) -> None:
+        if self._opening.get(node) is done:
+            del self._opening[node]
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have given up already
+
+    async def _open(self, target: SshTarget, *, timeout: float) -> Any:
+        conn = await self._connect(target, timeout=timeout, keepalive=self.KEEPALIVE)
+        self._pool[target.node] = conn
+        return conn
+
+    def _discard(self, node: str, conn: Any) -> None:
+        if self._pool.get(node) is conn:
+            del self._pool[node]
+        conn.close()
 
     def session(self, node: str) -> HostSession:
         """Several commands over one SSH connection (`async with hosts.session(node) as s`); each
@@ -126,7 +219,7 @@ class Hosts:
         return HostSession(target=self.target(node))
 
     @staticmethod
-    def _connect(target: SshTarget, *, timeout: float) -> Any:  # asyncssh's awaitable context manager
+    def _connect(target: SshTarget, *, timeout: float, keepalive: float = 0.0) -> Any:  # asyncssh's awaitable context manager
         return asyncssh.connect(
             target.host,
             port=target.port,
@@ -141,6 +234,9 @@ class Hosts:
             # twice as fast as asyncssh's default chacha20 here); no compression of etcd's data.
             encryption_algs=CIPHERS,
             compression_algs=None,
+            # A kept connection learns that its master is gone within two missed keepalives.
+            keepalive_interval=keepalive,
+            keepalive_count_max=2,
         )
 
     async def read_file(

@@ -345,6 +345,17 @@ class KubeClient:
         }]
         return await self._request("PUT", path, body={**csr, "status": status})
 
+    # ---- logs ----
+
+    async def pod_log(self, *, pod: str, container: str, previous: bool = False, tail_lines: int = 60,
+                      namespace: str = ETCD_NAMESPACE) -> str:
+        """`oc logs [--previous] --tail N pod -c container`: with `previous`, the last dead
+        instance's log (why a crashed container crashed)."""
+        api = CoreV1Api(self._api)
+        response = await self._call(api.read_namespaced_pod_log, pod, namespace, container=container,
+                                    previous=previous, tail_lines=tail_lines, _preload_content=False)
+        return bytes(response.data).decode(errors="replace")
+
     # ---- exec ----
 
     async def exec(self, *, pod: str, container: str, argv: Sequence[str], timeout: float,

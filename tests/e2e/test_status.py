@@ -75,6 +75,8 @@ def test_crashlooping_pod(lab: Lab, bot: subprocess.Popen[str]) -> None:
     try:
         out = status_until(lab, "CrashLoopBackOff: replace the member", timeout=120)
         assert f"Run `/etcd-replace-member {NODE}` after a backup" in out
+        # and why, in etcd's own words: its previous log
+        assert f"Why etcd on {NODE} fails" in out and "failed to open database" in out
     finally:
         lab.cli("heal")
 
