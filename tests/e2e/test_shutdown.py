@@ -158,6 +158,9 @@ def shutdown(lab: Lab, bot: BotProcess) -> dict:
     assert f"run `{run['run_id']}`" in busy and "Shutting down the cluster gracefully" in busy
     assert run_message(lab, procedure="restart-check", since=busy_since) is None
 
+    asked = blocks_text(request)  # one approval for the block: its plan names every node and command
+    for node in every_node(lab):
+        assert f"`ssh core@{node}`: `sudo shutdown -h 1`" in asked, asked
     own = press(lab, user="alice", action_id="approval_approve", message=request)
     assert "cannot approve" in blocks_text(answer(lab, since=own, contains="cannot approve"))
     unchanged(lab)  # the requester alone changed nothing
@@ -204,6 +207,9 @@ def test_power_on_then_the_restart_check_brings_the_cluster_back(lab: Lab, bot: 
     assert "requestor: system:serviceaccount:openshift-machine-config-operator:node-bootstrapper" in review
     assert "usages: digital signature, key encipherment, client auth" in review and "age: " in review
     assert set(nodes(lab).values()) == {"NotReady"}
+    asked = blocks_text(first)  # the approval's plan: exactly the valid CSRs, the forged one never
+    assert asked.count("oc adm certificate approve csr-") == 5 and "approve csr-forged" not in asked
+    assert f"never approved: {forged} (suspicious: no node or machine named {FORGED_NODE}" in asked
     press(lab, user="bob", action_id="approval_approve", message=first)
 
     second = approval_request(lab, run=run, since=since, skip=(first["ts"],), timeout=120)
