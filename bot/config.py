@@ -79,9 +79,18 @@ HINTS: dict[str, str] = {
     "clusters": (
         'a JSON list, e.g. [{"name": "lab", "kubeconfig": "/path/kubeconfig", "channels": ["C0INCIDENT"], '
         '"ssh": {"user": "core", "private_key": "/path/id_ed25519", "known_hosts": "/path/known_hosts", '
-        '"hosts": {"ip-10-0-131-183.ec2.internal": "127.0.0.1:40022"}}, "peak_hours": "09:00-17:00", '
+        '"hosts": {"ip-10-0-131-183.ec2.internal": "127.0.0.1:40022"}, '
+        '"workers": {"ip-10-0-179-95.ec2.internal": "127.0.0.1:40030"}}, "peak_hours": "09:00-17:00", '
         '"timezone": "UTC"}]'
     ),
+    # /etcd-shutdown, /etcd-restart-check, /etcd-approve-csrs (chapters 3, 4, 5.4)
+    "shutdown_backup_max_age": "seconds: how young a backup of the running version must be for /etcd-shutdown, e.g. 3600",
+    "shutdown_off_timeout": "seconds /etcd-shutdown waits for every node to power off after `shutdown -h 1`, e.g. 600",
+    "restart_timeout": "seconds each wait of /etcd-restart-check and /etcd-approve-csrs may take (API, nodes Ready, "
+                       "operators), e.g. 1800",
+    "csr_settle": "seconds the CSR review waits for each NotReady node to file its CSR, e.g. 120",
+    "serviceaccount_dir": "the pod's service account directory (token, ca.crt), e.g. "
+                          "/var/run/secrets/kubernetes.io/serviceaccount",
 }
 
 
@@ -90,14 +99,18 @@ class ConfigError(Exception):
 
 
 class SshSettings(BaseModel):
-    """How to reach the masters of one cluster over SSH (the fallback when the API is gone)."""
+    """How to reach the nodes of one cluster over SSH: `hosts` are the masters (where etcd runs,
+    the fallback when the API is gone); `workers` are the other nodes, which only the graceful
+    shutdown (chapter 3: `sudo shutdown -h 1` on every node) needs. Kept apart so that everything
+    that means "the masters" (status, backup, restore, member replacement) never reaches a worker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user: str = "core"
     private_key: FilePath
     known_hosts: FilePath
-    hosts: dict[str, str] = Field(description="node name -> host:port")
+    hosts: dict[str, str] = Field(description="master node name -> host:port")
+    workers: dict[str, str] = Field(default_factory=dict, description="worker node name -> host:port")
     connect_timeout: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("user")
@@ -107,7 +120,7 @@ class SshSettings(BaseModel):
             raise ValueError(f"{value!r} is not a Unix user name")
         return value
 
-    @field_validator("hosts")
+    @field_validator("hosts", "workers")
     @classmethod
     def _hosts(cls, value: dict[str, str]) -> dict[str, str]:
         for node, address in value.items():
@@ -116,8 +129,15 @@ class SshSettings(BaseModel):
             split_address(address)
         return value
 
+    @model_validator(mode="after")
+    def _apart(self) -> SshSettings:
+        both = sorted(set(self.hosts) & set(self.workers))
+        if both:
+            raise ValueError(f"{', '.join(both)} listed both as a master (hosts) and as a worker (workers)")
+        return self
+
     def address(self, node: str) -> tuple[str, int]:
-        return split_address(self.hosts[node])
+        return split_address(self.hosts[node] if node in self.hosts else self.workers[node])
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -370,6 +390,19 @@ class Settings(BaseSettings):
     replace_machine_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
     replace_rollout_timeout: float = Field(default=1800.0, gt=0, le=3 * 3600)
     replace_pods_grace: float = Field(default=600.0, gt=0, le=3 * 3600)
+    # ---- /etcd-shutdown, /etcd-restart-check, /etcd-approve-csrs (chapters 3, 4, 5.4) ----------
+    # "Take an etcd backup prior to shutting down": a backup of the running version younger than this.
+    shutdown_backup_max_age: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    # After `shutdown -h 1` on every node: how long until every node must have stopped answering.
+    shutdown_off_timeout: float = Field(default=600.0, gt=0, le=3600)
+    # Each wait after power-on (the API, the masters Ready, the workers Ready, no operator
+    # Degraded); past it the check says to restore. The document waits "approximately 10 minutes".
+    restart_timeout: float = Field(default=1800.0, gt=0, le=4 * 3600)
+    # How long the CSR review waits for each NotReady node to file its CSR before listing them.
+    csr_settle: float = Field(default=120.0, gt=0, le=3600)
+    # Where a pod's service account token is mounted: how the bot tells that it runs INSIDE a
+    # cluster, and which one (it must never shut down or restore the cluster it runs on).
+    serviceaccount_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
     clusters: Annotated[tuple[ClusterSettings, ...], NoDecode]
     # ---- backups you can trust (drills, retention, notifications; docs/runbooks/etcd-backup.md)
     # Scratch space of the restore drill (a snapshot restored, an etcd started on it): 3x a snapshot.

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from bot.cluster.kube import KubeClient
     from bot.cluster.nodes import CommandNote, NodeShell
     from bot.config import ClusterSettings, Settings
+    from bot.shutdowns import ShutdownLog
 
 StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-script"
 RunId = NewType("RunId", str)
@@ -261,6 +262,7 @@ class StepContext:
     # Records a command the step sent other than through `hosts` (which records its own), e.g. an
     # API write as the document's `oc patch ...`, with its exit status: the run's audit stream.
     note_command: CommandNote = no_note
+    shutdowns: ShutdownLog | None = None  # the graceful shutdowns the bot ran (Redis), for the restart check
 
     def __post_init__(self) -> None:
         self.kube = _bind(self.kube, self.fence)

@@ -57,6 +57,7 @@ from bot.procedure import (
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner
 from bot.scheduler import BackupScheduler
+from bot.shutdowns import ShutdownLog
 from bot.store import Run, RunStore, connect_redis
 from bot.tasks import cancel_and_wait
 from bot.watch import UPGRADE_REQUESTER, BackupWatch
@@ -65,7 +66,8 @@ log = get_logger(__name__)
 
 # The procedures every bot has; ETCDBOT_PROCEDURE_MODULES adds more (tests load a test procedure).
 BUILTIN_PROCEDURES = ("procedures.backup", "procedures.verify", "procedures.prune", "procedures.restore",
-                      "procedures.replace_member")
+                      "procedures.replace_member", "procedures.shutdown", "procedures.restart_check",
+                      "procedures.approve_csrs")
 BOT_REQUESTERS = frozenset({"scheduler", UPGRADE_REQUESTER})  # their runs get a line of their own when they fail
 BACKUP = "backup"
 
@@ -110,6 +112,7 @@ class Services:
             results=results, heartbeat=heartbeat, requester=run.requester, fence=fence,
             etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
             store=self.store, catalogue=self.catalogue, note_command=note,
+            shutdowns=ShutdownLog(redis=self.redis),
         )
 
     def _command_note(self, run: Run) -> CommandNote:

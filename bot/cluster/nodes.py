@@ -111,8 +111,18 @@ class NodeShell:
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        """Every node with an SSH address, masters and others."""
+        """The masters with an SSH address (`ssh.hosts`)."""
         return self._hosts.nodes
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """The workers with an SSH address (`ssh.workers`): only the shutdown (chapter 3) needs them."""
+        return self._hosts.workers
+
+    @property
+    def every_node(self) -> tuple[str, ...]:
+        """Masters, then workers: every node this cluster's settings give an SSH address."""
+        return (*self._hosts.nodes, *self._hosts.workers)
 
     async def masters(self) -> tuple[str, ...]:
         """The reachable nodes the API labels master, in configured order; the configured nodes

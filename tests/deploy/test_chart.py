@@ -65,6 +65,7 @@ SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLA
 CLUSTER = ""
 EXPECTED_RBAC = {
     *{(CLUSTER, "", "nodes", v, ()) for v in ("get", "list")},
+    (CLUSTER, "", "namespaces", "get", ("kube-system",)),
     *{(CLUSTER, "operator.openshift.io", r, "list", ())
       for r in ("etcds", "kubeapiservers", "kubecontrollermanagers", "kubeschedulers")},
     *{(CLUSTER, "operator.openshift.io", r, v, ("cluster",))
@@ -235,7 +236,9 @@ def test_secret_keys_are_wired(rendered: dict[str, list[dict[str, Any]]], varian
         available = set(one(docs, "Secret", secret_name)["data"])
 
     container = bot_container(docs)
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    node = next(e for e in container["env"] if e["name"] == "NODE_NAME")  # the own-cluster check (bot/cluster/incluster.py)
+    assert node["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert SECRET_ENV <= refs.keys()
     for ref in refs.values():
         assert ref["name"] == secret_name
