@@ -86,7 +86,7 @@ def bot_once(lab_base: str) -> tuple[float, str]:
                 raise RuntimeError(f"Slack shows a failure: {r}")
             if r.get("kind") == "message" and not r.get("ephemeral_for") and "etcd on lab" in json.dumps(r.get("blocks")):
                 return time.monotonic() - t0, str(r.get("text", ""))
-        time.sleep(0.01)
+        time.sleep(0.02)
     raise RuntimeError("no status message within 60 s")
 
 

@@ -90,7 +90,8 @@ class Identity:
 
 
 def build_app(settings: Settings, *, clusters: Clusters | None = None, services: Services | None = None,
-              session: aiohttp.ClientSession | None = None, identity: Identity | None = None) -> AsyncApp:
+              session: aiohttp.ClientSession | None = None, identity: Identity | None = None,
+              authorizer: Authorizer | None = None) -> AsyncApp:
     """The app with every handler registered; nothing is connected yet. With `identity`, Bolt
     asks it (from memory) instead of calling `auth.test` itself."""
     token = settings.slack_bot_token.get_secret_value()
@@ -107,12 +108,16 @@ def build_app(settings: Settings, *, clusters: Clusters | None = None, services:
         request_verification_enabled=settings.slack_mode == "http",
         authorize=identity.authorize_function() if identity is not None else None,
     )
-    authorizer = Authorizer(allowed_users=settings.allowed_users, allowed_usergroup=settings.allowed_usergroup)
+    authorizer = authorizer or make_authorizer(settings)
     if authorizer.closed:
         log.warning("auth.closed", detail=f"every command is refused: {CLOSED_REASON}")
     handlers.register(app, settings=settings, clusters=clusters or Clusters(settings), authorizer=authorizer,
                       services=services)
     return app
+
+
+def make_authorizer(settings: Settings) -> Authorizer:
+    return Authorizer(allowed_users=settings.allowed_users, allowed_usergroup=settings.allowed_usergroup)
 
 
 @contextlib.asynccontextmanager
@@ -153,8 +158,10 @@ async def run(settings: Settings) -> None:
                                          base_url=settings.slack_api_url, session=session)
         identity = Identity(identity_client)
         warm = asyncio.create_task(clusters.keep_warm(), name="etcdbot-ssh-warm")
-        await _resolve_identity(identity)
-        app = build_app(settings, clusters=clusters, services=services, session=session, identity=identity)
+        authorizer = make_authorizer(settings)
+        await asyncio.gather(_resolve_identity(identity), authorizer.refresh(identity_client))
+        app = build_app(settings, clusters=clusters, services=services, session=session, identity=identity,
+                        authorizer=authorizer)
         log.info("app.start", mode=settings.slack_mode, clusters=list(settings.cluster_names),
                  slack_api_url=settings.slack_api_url)
         health = HealthServer(redis_url=settings.redis_url, slack=app.client, port=settings.health_port,

@@ -1,8 +1,10 @@
 """Who may run commands: a user listed in ETCDBOT_ALLOWED_USERS, or a member of ETCDBOT_ALLOWED_USERGROUP.
 
-Membership is asked of Slack (`usergroups.users.list`) and cached for a minute, so a slash
-command still acks within 3 s; a Slack error refuses (fails closed) with a reason the user can
-pass on.
+Membership is asked of Slack (`usergroups.users.list`) at start (`refresh`) and kept; an answer
+older than a minute is renewed in the background while the next checks use it, so an ack never
+waits on Slack (a burst of commands in an incident would otherwise queue behind one call). Only
+when no answer was ever had does a check ask Slack itself; a Slack error then refuses (fails
+closed) with a reason the user can pass on.
 
 Closed by default: with neither setting, NOBODY may run commands. A bot just deployed from the
 chart's defaults must not hand the whole workspace a way to snapshot or change etcd; every
@@ -43,6 +45,7 @@ class Authorizer:
         self._members: frozenset[str] | None = None
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._renewal: asyncio.Task[frozenset[str]] | None = None
 
     @property
     def closed(self) -> bool:
@@ -75,10 +78,32 @@ class Authorizer:
             return Decision(True, f"member of @{self._group}")
         return Decision(False, f"only {self.who()} may run etcd commands")
 
+    async def refresh(self, client: AsyncWebClient) -> None:
+        """Reads the group's members now (at start); a failure is left to the first check to report."""
+        if self._group:
+            try:
+                await asyncio.wait_for(self._fetch(client), timeout=self._timeout * 5)
+            except (TimeoutError, SlackApiError, OSError):
+                pass
+
     async def _group_members(self, client: AsyncWebClient) -> frozenset[str]:
+        if self._members is not None:
+            if time.monotonic() - self._fetched_at >= self._cache_seconds and (
+                    self._renewal is None or self._renewal.done()):
+                self._renewal = asyncio.create_task(self._renew(client))
+            return self._members
+        return await self._fetch(client)
+
+    async def _renew(self, client: AsyncWebClient) -> frozenset[str]:
+        try:
+            return await asyncio.wait_for(self._fetch(client), timeout=self._timeout * 5)
+        except (TimeoutError, SlackApiError, OSError):
+            return self._members or frozenset()  # kept; asked again at the next check
+
+    async def _fetch(self, client: AsyncWebClient) -> frozenset[str]:
         async with self._lock:
             if self._members is not None and time.monotonic() - self._fetched_at < self._cache_seconds:
-                return self._members
+                return self._members  # another caller just fetched it
             group_id = await self._group_id(client)
             response = await client.usergroups_users_list(usergroup=group_id)
             self._members = frozenset(response.get("users") or ())
