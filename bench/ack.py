@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def burst(bot: Bot, *, count: int, command: str, via_lab: bool) -> tuple[list[fl
 def run(lab: Lab, *, count: int, command: str, via_lab: bool, warm_bursts: int = 2) -> int:
     """The first burst right after the bot is ready (nothing resolved by a request yet), then
     `warm_bursts` more on the same bot, each after the last one's work is done."""
+    load_before = os.getloadavg()[0]
     bot = Bot(lab=lab, mode="http", log_path=lab.dir / "bot-bench-ack.log").start()
     rows = []
     try:
@@ -189,7 +191,8 @@ def run(lab: Lab, *, count: int, command: str, via_lab: bool, warm_bursts: int =
             rows.append(("right after start" if number == 0 else f"warm #{number}", latencies, lost, spread))
     finally:
         bot.stop()
-    print(f"{count} x {command} at once, over HTTP mode ({how})")
+    print(f"{count} x {command} at once, over HTTP mode ({how}); load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end")
     for name, latencies, lost, spread in rows:
         figures = (f"median {statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
                    f"max {max(latencies) * 1000:.0f} ms" if latencies else "no ack")
