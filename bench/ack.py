@@ -3,6 +3,8 @@
 Starts a lab (or uses `--dir` of a running one) and the production bot in HTTP mode against it,
 then sends N slash commands at the same moment: once right after the bot is ready (the burst
 that used to pay for `auth.test` and cold clients), then again on the warm bot (`--warm-bursts`).
+Besides what the sender measures (which includes its own work on the same cores), the bot's
+own view of each burst is printed from its `etcdbot_slack_ack_seconds` histogram (bucket bounds).
 Two ways to send:
 
 - direct: this script signs each command as Slack does (v0 HMAC of the form body) and POSTs it
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -39,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab.slack.client import workspace_root  # noqa: E402
 from lab.slack.signing import signed_headers  # noqa: E402
-from tests.botprocess import Bot  # noqa: E402
+from tests.botprocess import Bot, get  # noqa: E402
 from tests.labfixture import Lab, parse_env, start_lab, stop_lab  # noqa: E402
 
 
@@ -178,27 +182,57 @@ def burst(bot: Bot, *, count: int, command: str, via_lab: bool) -> tuple[list[fl
     return latencies, lost, spread, "signed POSTs straight at the bot"
 
 
+def ack_buckets(bot: Bot) -> dict[float, float]:
+    """The bot's own ack histogram (`etcdbot_slack_ack_seconds`): upper bound -> cumulative count."""
+    _, text = get(bot.health_url + "/metrics")
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r'etcdbot_slack_ack_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', line)
+        if match:
+            found[float(match.group(1))] = float(match.group(2))
+    return found
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The bucket bound under which a fraction `q` of this burst's acks fell (from the bot's side)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * counts[-1]:
+            return bound
+    return None
+
+
 def run(lab: Lab, *, count: int, command: str, via_lab: bool, warm_bursts: int = 2) -> int:
     """The first burst right after the bot is ready (nothing resolved by a request yet), then
     `warm_bursts` more on the same bot, each after the last one's work is done."""
+    load_before = os.getloadavg()[0]
     bot = Bot(lab=lab, mode="http", log_path=lab.dir / "bot-bench-ack.log").start()
     rows = []
     try:
         for number in range(1 + warm_bursts):
+            before = ack_buckets(bot)
             latencies, lost, spread, how = burst(bot, count=count, command=command, via_lab=via_lab)
-            rows.append(("right after start" if number == 0 else f"warm #{number}", latencies, lost, spread))
+            after = ack_buckets(bot)
+            inside = (bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99))
+            rows.append(("right after start" if number == 0 else f"warm #{number}", latencies, lost, spread, inside))
     finally:
         bot.stop()
-    print(f"{count} x {command} at once, over HTTP mode ({how})")
-    for name, latencies, lost, spread in rows:
+    print(f"{count} x {command} at once, over HTTP mode ({how}); load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end")
+    for name, latencies, lost, spread, (median_in, p99_in) in rows:
         figures = (f"median {statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
                    f"max {max(latencies) * 1000:.0f} ms" if latencies else "no ack")
-        print(f"  {name:<18} ack {figures}; lost {lost} (all answered within {spread:.2f} s)")
-    warm = [lat for _, lat, _, _ in rows[1:]]
+        inside = (f"; in the bot: median <= {median_in * 1000:.0f} ms, p99 <= {p99_in * 1000:.0f} ms"
+                  if median_in is not None and p99_in is not None else "")
+        print(f"  {name:<18} ack {figures}; lost {lost} (all answered within {spread:.2f} s){inside}")
+    warm = [lat for _, lat, _, _, _ in rows[1:]]
     if warm:
         medians = [statistics.median(lat) for lat in warm if lat]
         print(f"  warm bursts: median of medians {statistics.median(medians) * 1000:.0f} ms")
-    return 1 if any(lost for _, _, lost, _ in rows) else 0
+    return 1 if any(lost for _, _, lost, _, _ in rows) else 0
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -175,14 +176,16 @@ def measure(lab: Lab, lab_base: str, row: Row, *, runs: int) -> Result:
                      what="the bot's status healthy again")
 
 
-def report(results: list[Result], *, runs: int) -> None:
+def report(results: list[Result], *, runs: int, load: tuple[float, float]) -> None:
     print(f"/etcd-status, {runs} runs per row, bot and manual alternating (medians; the fault on "
-          "the first master, or on the cluster)")
+          f"the first master, or on the cluster); load average {load[0]:.1f} at start, {load[1]:.1f} at end")
     print(f"{'fault':<15} {'bot median':>10} {'bot max':>8} {'manual median':>13} {'ratio':>6}  bot's diagnosis")
     for r in results:
         bm, mm = statistics.median(r.bot), statistics.median(r.manual)
         first = r.texts[0].removeprefix("etcd on lab: ")
-        stable = "" if len(set(r.texts)) == 1 else f"  [diagnosis changed between runs: {len(set(r.texts))} texts]"
+        # a crashlooping container's attempt count grows between runs; anything else is a change
+        texts = {re.sub(r"attempt \d+", "attempt N", t) for t in r.texts}
+        stable = "" if len(texts) == 1 else f"  [diagnosis changed between runs: {len(texts)} texts]"
         print(f"{r.row.fault:<15} {bm:>9.2f}s {max(r.bot):>7.2f}s {mm:>12.2f}s {mm / bm:>5.1f}x  {first[:90]}{stable}")
     worst = max(statistics.median(r.bot) for r in results)
     print(f"slowest row's bot median: {worst:.2f} s (goal: 2 s)")
@@ -190,6 +193,7 @@ def report(results: list[Result], *, runs: int) -> None:
 
 def run(lab: Lab, *, runs: int, faults: list[str]) -> None:
     lab_base = workspace_root(lab.dir).rstrip("/") + "/"
+    load_before = os.getloadavg()[0]
     bot = Bot(lab=lab, mode="socket", log_path=lab.dir / "bot-bench-status.log").start()
     try:
         bot_once(lab_base)  # warm-up: the first command of a fresh bot
@@ -197,7 +201,7 @@ def run(lab: Lab, *, runs: int, faults: list[str]) -> None:
         results = [measure(lab, lab_base, row, runs=runs) for row in rows]
     finally:
         bot.stop()
-    report(results, runs=runs)
+    report(results, runs=runs, load=(load_before, os.getloadavg()[0]))
 
 
 def main() -> None:

@@ -5,22 +5,27 @@ once. The bot serves them on one event loop, so a status message rendered and po
 first command runs between the acks of the next ones. A request counts from its arrival (the
 HTTP handler, or the Socket Mode message handler) to its ack's response; handlers call
 `await ACKS.settled()` before their heavy work after an ack, which returns at once when no
-request is pending, and otherwise when none is (bounded, so a steady stream of commands cannot
-starve the work).
+request is pending and none arrived in the last `quiet` seconds, and otherwise when that holds
+(bounded by `limit`, so a steady stream of commands cannot starve the work). The quiet period
+matters: a burst arrives over a few hundred milliseconds, and between two arrivals nothing may
+be pending; work started in that gap would run between the acks of the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 
 
 class AckGate:
     """Counts requests waiting for their ack; `settled()` waits until there are none."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: float = 0.1) -> None:
+        self.quiet = quiet
         self._pending = 0
+        self._last_arrival = float("-inf")
         self._settled: asyncio.Event | None = None
 
     @property
@@ -38,6 +43,7 @@ class AckGate:
         """Wraps the handling of one request, up to its response (the ack)."""
         event = self._event()
         self._pending += 1
+        self._last_arrival = time.monotonic()
         event.clear()
         try:
             yield
@@ -47,11 +53,19 @@ class AckGate:
                 event.set()
 
     async def settled(self, *, limit: float = 1.0) -> None:
-        """Returns when no request waits for its ack, or after `limit` seconds."""
-        if self._pending == 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event().wait(), timeout=limit)
+        """Returns when no request waits for its ack and none arrived for `quiet` seconds, or
+        after `limit` seconds."""
+        deadline = time.monotonic() + limit
+        while True:
+            now = time.monotonic()
+            quiet_for = now - self._last_arrival
+            if (self._pending == 0 and quiet_for >= self.quiet) or now >= deadline:
+                return
+            if self._pending:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event().wait(), timeout=deadline - now)
+            else:
+                await asyncio.sleep(min(self.quiet - quiet_for, deadline - now))
 
 
 ACKS = AckGate()

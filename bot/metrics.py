@@ -55,6 +55,12 @@ LOCK_WAIT = Histogram(
     "etcdbot_lock_wait_seconds", "Time to take (or be refused) a cluster lock in Redis.", ["cluster"],
     buckets=FAST_BUCKETS,
 )
+ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 3, float("inf"))
+ACK_LATENCY = Histogram(
+    "etcdbot_slack_ack_seconds",
+    "HTTP mode: from reading a Slack request to its response (the ack), as the bot sees it.",
+    buckets=ACK_BUCKETS,
+)
 LOCK_BUSY = Counter("etcdbot_lock_busy", "Runs refused because the cluster's lock was held.", ["cluster"])
 APPROVALS = Counter("etcdbot_approvals", "Approval requests by how they ended.", ["decision"])
 SLACK_API_ERRORS = Counter(
@@ -98,6 +104,10 @@ def slack_error_code(value: object) -> str:
 
 def command_handled(command: object, outcome: str) -> None:
     COMMANDS.labels(command=_bounded(command, KNOWN_COMMANDS), outcome=_bounded(outcome, COMMAND_OUTCOMES)).inc()
+
+
+def ack_sent(seconds: float) -> None:
+    ACK_LATENCY.observe(seconds)
 
 
 def http_refused(reason: str) -> None:

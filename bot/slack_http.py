@@ -11,6 +11,7 @@ request cannot be replayed later.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from enum import StrEnum
 
@@ -60,8 +61,11 @@ def build_web_app(app: AsyncApp, *, verifier: SignatureVerifier) -> web.Applicat
     """The aiohttp application of HTTP mode (separate from `serve` so tests can mount it)."""
 
     async def events(request: web.Request) -> web.Response:
+        started = time.monotonic()
         with ACKS.request():
-            return await _events(request)
+            response = await _events(request)
+        metrics.ack_sent(time.monotonic() - started)
+        return response
 
     async def _events(request: web.Request) -> web.Response:
         body = await request.text()

@@ -127,3 +127,22 @@ async def test_work_after_an_ack_waits_for_the_pending_acks_within_a_limit() -> 
     stuck.cancel()
     await asyncio.gather(stuck, return_exceptions=True)
     assert gate.pending == 0
+
+
+async def test_work_does_not_start_in_the_gap_between_two_arrivals_of_a_burst() -> None:
+    gate = AckGate(quiet=0.15)
+    order: list[str] = []
+
+    async def request(name: str, after: float) -> None:
+        await asyncio.sleep(after)
+        with gate.request():
+            await asyncio.sleep(0.01)
+            order.append(f"ack {name}")
+
+    async def work() -> None:
+        await asyncio.sleep(0.03)  # after the first ack, while nothing is pending
+        await gate.settled()
+        order.append("work")
+
+    await asyncio.gather(request("a", 0.0), request("b", 0.08), work())
+    assert order == ["ack a", "ack b", "work"]
