@@ -173,13 +173,15 @@ def _describe_member(member: Member) -> str:
 async def remove_member(ctx: StepContext) -> StepResult:
     target = ctx.result(S_IDENTIFY, Target)
     etcd = ctx.need_etcd().avoiding(target.node)
-    members = await etcd_call(etcd.member_list(), what="member list")
+    # member list and every member's health in one round trip (where the remove will run)
+    survey = await etcd_call(etcd.survey(), what="member list and endpoint health")
+    members = survey.members
     member = _find(members, target)
     if member is None:
         left = tuple(f"{m.name} {m.id}" for m in members.members)
         return StepResult.of(f"member {target.member_id} ({target.member_name}) is not in member list: already removed",
                              Removed(member_id=target.member_id, already_gone=True, members_left=left))
-    health = {h.endpoint: h.healthy for h in await etcd_call(etcd.endpoint_health(), what="endpoint health")}
+    health = {h.endpoint: h.healthy for h in survey.health}
     if member.endpoint and health.get(member.endpoint):
         raise StepFailed(f"member {member.id} ({_describe_member(member)}) answers `endpoint health` as healthy now: "
                          "the bot never removes a healthy member.",
@@ -368,8 +370,8 @@ async def verify(ctx: StepContext) -> StepResult:
     note = on_change(ctx)
 
     async def replaced() -> tuple[Member, MemberList] | None:
-        members = await etcd_call(etcd.member_list(), what="member list")
-        health = await etcd_call(etcd.endpoint_health(), what="endpoint health")
+        survey = await etcd_call(etcd.survey(), what="member list and endpoint health")
+        members, health = survey.members, survey.health
         verdict = check_replaced(members=members, health=health, old_id=target.member_id, expect_name=expect)
         secrets = {s.get("metadata", {}).get("name") for s in await kube.list_secrets()}
         missing = [s for s in secret_names(expect) if s not in secrets]

@@ -38,6 +38,7 @@ steps (A); procedures/replace_etcd.py the node, member, secrets, redeployment an
 steps; procedures/replace_common.py the step ids, typed results and helpers they share;
 procedures/replace_rules.py every decision as a pure function.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,6 +47,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from bot.backups import BackupRecord
 from bot.cluster.etcd import EtcdctlFailed, EtcdUnavailable
@@ -191,7 +194,11 @@ async def recent_backup(ctx: StepContext) -> tuple[BackupRecord | None, str | No
     version = await cluster_version(ctx)
     if ctx.catalogue is None:
         return None, version
-    records = await ctx.catalogue.list(cluster=ctx.cluster_name, limit=50)
+    try:
+        records = await ctx.catalogue.list(cluster=ctx.cluster_name, limit=50)
+    except (OSError, RedisError) as exc:
+        raise StepFailed(f"could not read the backup catalogue: {exc}",
+                         next_action="Check the bot's Redis (`/readyz`), then try again.") from exc
     found = fresh_backup(records, version=version, now=time.time(), max_age=ctx.settings.replace_backup_max_age,
                          present=_present)
     return found, version

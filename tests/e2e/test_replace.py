@@ -3,13 +3,17 @@ the production bot as a process against a lab, driven as people drive it in the 
 workspace. alice asks; the store holds no backup, so the bot warns and offers *Back up, then
 replace*; alice's own press on Approve is refused; bob approves the one destructive block; the
 cluster ends with 3 healthy members, a new machine with the next index and the new node's secrets.
-The second replacement (node not ready) finds the first one's backup recent and goes straight on."""
+The second replacement (node not ready) finds the first one's backup recent and goes straight on.
+The third is SIGKILLed while it waits for the new machine: the restarted bot offers Resume, which
+finishes without removing anything twice (the audit trail holds one run of each destructive step,
+and there is one new machine, not two)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.e2e.backup_support import (
     BotProcess,
@@ -24,6 +28,7 @@ from tests.e2e.backup_support import (
 from tests.e2e.replace_support import (
     all_healthy,
     answer,
+    approve_until,
     approve_until_done,
     healthy_cluster,
     machine_of,
@@ -35,12 +40,15 @@ from tests.e2e.replace_support import (
     run_message,
     secrets,
     snapshot,
+    step_running,
     unhealthy,
     wait_run,
 )
 from tests.labfixture import Lab, wait_for
 
 LAB_ARGS = ("--clock-speed", "30")
+WAIT_STEP = "A: wait until the new machine goes from Provisioning to Running"
+DESTRUCTIVE = ("ch2.stop-etcd-pod", "ch2.remove-member", "ch2.delete-secrets", "ch2.delete-machine")
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +146,48 @@ def test_node_not_ready_with_the_recent_backup(lab: Lab, bot: BotProcess) -> Non
     assert done["state"] == "succeeded", blocks_text(done)
     assert set(stored_backups(lab)) == backups_before
     check_replaced(lab, bad=bad, via=via, old_id=old["id"], old_machine=old_machine, new_machine=new_machine)
+
+
+def audit(lab: Lab, run_id: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(lab.env["ETCDBOT_REDIS_URL"], decode_responses=True)
+    try:
+        entries = client.xrange("etcdbot:audit:lab")
+    finally:
+        client.close()
+    return [fields for _id, fields in entries if fields.get("run") == run_id]
+
+
+def test_sigkill_mid_run_then_resume_removes_nothing_twice(lab: Lab, bot: BotProcess) -> None:
+    via, bad = masters(lab)[0], masters(lab)[-1]  # the backup of the first test is still recent
+    lab.cli("fault", "stop-machine", bad)
+    unhealthy(lab, bad)
+    old = next(m for m in members(lab, via) if m["name"] == bad)
+    old_machine = machine_of(lab, bad)
+    base = old_machine.rsplit("-", 1)[0]
+
+    since = command(lab, f"/etcd-replace-member {bad}")
+    started = wait_run(lab, since=since, states=("waiting approval", "running"), timeout=120)
+    run_id = started["run_id"]
+    approve_until(lab, since=since, run_id=run_id, done=lambda m: step_running(m, WAIT_STEP), interval=0.1)
+    bot.kill()
+    assert old_machine not in machines(lab)  # the destructive block was done before the kill
+
+    bot.start()
+    interrupted = wait_run(lab, since=since, run_id=run_id, states=("interrupted",), timeout=120)
+    assert {"Resume", "Abort"} <= set(buttons(interrupted)), blocks_text(interrupted)
+    assert "The bot restarted during" in blocks_text(interrupted)
+    workspace(lab).press(user="alice", button_text="Resume", message_ts=interrupted["ts"])
+    done, _ = approve_until(lab, since=since, run_id=run_id, done=lambda m: m["state"] in ("succeeded", "failed"),
+                            timeout=300)
+    assert done["state"] == "succeeded", blocks_text(done)
+
+    events = audit(lab, run_id)
+    finished = [e["step"] for e in events if e["event"] == "step.finished" and e.get("outcome") == "succeeded"]
+    for step in DESTRUCTIVE:
+        assert finished.count(step) == 1, (step, finished)
+    assert [e for e in events if e["event"] == "run.resumed"]
+    assert f"removed member {old['id']}" in blocks_text(done) and "already removed" not in blocks_text(done)
+    all_healthy(lab)
+    listed = members(lab, via)
+    assert len(listed) == 3 and old["id"] not in {m["id"] for m in listed}
+    assert sum(1 for n in machines(lab) if n.startswith(base + "-")) == 3  # one new machine, not two
