@@ -58,6 +58,7 @@ ALL_SETTINGS = {
     "ETCDBOT_CLUSTERS", "ETCDBOT_BACKUP_SCHEDULE", "ETCDBOT_REDIS_PASSWORD",
     "ETCDBOT_BACKUP_KEYS_DIR", "ETCDBOT_DRILL_DIR", "ETCDBOT_DRILL_TIMEOUT", "ETCDBOT_BACKUP_RETENTION",
     "ETCDBOT_MAX_BACKUP_AGE", "ETCDBOT_ONCALL_USERGROUP", "ETCDBOT_WATCH_INTERVAL",
+    "ETCDBOT_APPROVER_USERS", "ETCDBOT_APPROVALS_REQUIRED", "ETCDBOT_APPROVAL_EXPIRY", "ETCDBOT_APPROVAL_SECRET",
 }
 SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLACK_SIGNING_SECRET"}
 
@@ -212,6 +213,8 @@ def test_secret_holds_the_secret_values(rendered: dict[str, list[dict[str, Any]]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
     generated = decoded.pop("redis-password")
     assert len(generated) == 32 and generated.isalnum(), "the bundled Redis gets a random password by default"
+    hmac_key = decoded.pop("approval-secret")
+    assert len(hmac_key) == 48 and hmac_key.isalnum(), "approval records get a random HMAC key by default"
     assert decoded == {
         "slack-bot-token": FAKE["slackBotToken"],
         "slack-app-token": FAKE["slackAppToken"],
@@ -248,6 +251,8 @@ def test_secret_keys_are_wired(rendered: dict[str, list[dict[str, Any]]], varian
     assert refs["ETCDBOT_SLACK_BOT_TOKEN"].get("optional") is not True
     assert refs["ETCDBOT_SLACK_APP_TOKEN"].get("optional") is (mode == "http")
     assert refs["ETCDBOT_SLACK_SIGNING_SECRET"].get("optional") is (mode == "socket")
+    # an existing Secret may lack the HMAC key: the bot then derives it from its token
+    assert refs["ETCDBOT_APPROVAL_SECRET"] == {"name": secret_name, "key": "approval-secret", "optional": True}
 
     pod = bot_deployment(docs)["spec"]["template"]["spec"]
     ssh_volume = next(v for v in pod["volumes"] if v["name"] == "ssh")["secret"]
@@ -279,6 +284,9 @@ def test_every_setting_reaches_the_bot(rendered: dict[str, list[dict[str, Any]]]
     assert json.loads(data["ETCDBOT_ALLOWED_USERS"]) == ["U012ABCDEF"]
     assert data["ETCDBOT_ALLOWED_USERGROUP"] == "etcd-operators"
     assert data["ETCDBOT_APPROVER_USERGROUP"] == "etcd-approvers"
+    assert json.loads(data["ETCDBOT_APPROVER_USERS"]) == []
+    assert json.loads(data["ETCDBOT_APPROVALS_REQUIRED"]) == {}
+    assert data["ETCDBOT_APPROVAL_EXPIRY"] == "900"
     assert data["ETCDBOT_EXTRA_FLAG"] == "on"
 
 
