@@ -10,7 +10,7 @@
 - `newest_usable_backup(ctx, version=...)`: the backup to name when a cluster must be restored.
 
 "Usable": verified (both files matched the master's sha256 when copied), still in the store,
-and, once the catalogue records restore drills, drilled (a drill passed).
+and drilled (a restore drill passed).
 """
 
 from __future__ import annotations
@@ -85,10 +85,9 @@ def files_present(record: BackupRecord) -> bool:
 
 
 def usable(record: BackupRecord) -> bool:
-    """Verified, and drilled once the catalogue records drills (a record with a `drilled`
-    property: a backup whose drill failed, or has not run, is not one to stake a cluster on)."""
-    drilled = getattr(record, "drilled", None)
-    return bool(record.verified) and (drilled is None or bool(drilled))
+    """Verified (both files matched the master's sha256) and drilled (a restore drill passed): a
+    backup whose drill failed, or has not run, is not one to stake a cluster on."""
+    return bool(record.verified) and record.drilled
 
 
 def fresh_backup(records: Sequence[BackupRecord], *, version: str | None, now: float, max_age: float,

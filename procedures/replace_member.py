@@ -73,6 +73,7 @@ from bot.procedure import (
 from procedures import backup
 from procedures.diagnosis import State
 from procedures.facts import ClusterFacts
+from procedures.guards import fresh_backup
 from procedures.replace_common import (
     COMMAND_TIMEOUT,
     GROUP,
@@ -123,7 +124,6 @@ from procedures.replace_rules import (
     Choice,
     Refusal,
     choose,
-    fresh_backup,
     next_machine_name,
     secret_names,
 )

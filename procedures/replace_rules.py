@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.backups import BackupRecord
 from bot.cluster.etcdctl import EndpointHealth, Member, MemberList
 from procedures.diagnosis import State, diagnose
 from procedures.facts import ClusterFacts
@@ -158,17 +157,8 @@ def choose(*, node: str, facts: ClusterFacts, members: MemberList | None, ssh_no
 # ---- the backup taken first (2.1) -------------------------------------------------------------
 
 
-def fresh_backup(records: Sequence[BackupRecord], *, version: str | None, now: float, max_age: float,
-                 present: Callable[[BackupRecord], bool]) -> BackupRecord | None:
-    """The newest backup that counts as "taken before replacing the member": verified (its sha256
-    matched the master's when it was copied), of the version the cluster runs (a restore needs the
-    same z-stream), finished less than `max_age` seconds ago, and whose files are still in the store."""
-    usable = [r for r in records if r.verified and r.cluster and (version is None or r.version == version)
-              and now - r.finished_at <= max_age and r.finished_at <= now + 60]
-    for record in sorted(usable, key=lambda r: r.finished_at, reverse=True):
-        if present(record):
-            return record
-    return None
+# The same rule as every procedure's "backup taken first": procedures.guards.fresh_backup (usable =
+# verified and drilled, of the running version, young enough, files still in the store).
 
 
 # ---- the machine (2.4 A) ----------------------------------------------------------------------

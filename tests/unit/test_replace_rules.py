@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.backups import BackupRecord, StoredFile
+from bot.backups import BackupRecord, DrillOutcome, StoredFile
 from bot.cluster.etcdctl import EndpointHealth, Member, MemberList
 from procedures.facts import MemberFacts, NodeFacts
+from procedures.guards import fresh_backup
 from procedures.replace_common import describe_masters
 from procedures.replace_rules import (
     VARIANT_A,
@@ -21,7 +22,6 @@ from procedures.replace_rules import (
     asked_by,
     check_replaced,
     choose,
-    fresh_backup,
     new_machine_manifest,
     next_machine_name,
     quorum_after_removal,
@@ -168,11 +168,13 @@ def test_variant_a_needs_a_machine() -> None:
 
 # ---- the backup taken first -----------------------------------------------------------------
 
-def record(backup_id: str, *, finished: float, version: str = "4.5.2", verified: bool = True) -> BackupRecord:
+def record(backup_id: str, *, finished: float, version: str = "4.5.2", verified: bool = True,
+           drilled: bool = True) -> BackupRecord:
     files = (StoredFile(name="snapshot_x.db", role="snapshot", size=10, sha256="0" * 64, path=f"/store/{backup_id}/s"),)
     return BackupRecord(id=backup_id, cluster="lab", version=version, revision=5, total_keys=3, snapshot_hash=1,
                         snapshot_size=10, files=files, host=A, started_at=finished - 5, finished_at=finished,
-                        run_id="r", requester="U0ALICE01", verified=verified, encrypted=False, host_dir="/x")
+                        run_id="r", requester="U0ALICE01", verified=verified, encrypted=False, host_dir="/x",
+                        drill=DrillOutcome(ok=drilled, at=finished, seconds=1.0))
 
 
 def test_fresh_backup_is_the_newest_verified_one_of_the_version_within_the_age() -> None:

@@ -5,12 +5,11 @@ Redis stores it, and the worker SSH settings."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from bot.backups import BackupRecord, StoredFile
+from bot.backups import BackupRecord, DrillOutcome, StoredFile
 from bot.cluster.hosts import CommandResult
 from bot.config import ConfigError, load_settings
 from bot.shutdowns import NodeAnswer, ShutdownRecord
@@ -42,12 +41,13 @@ def test_a_nodes_answer() -> None:
 
 
 def record(backup_id: str, *, version: str = "4.5.2", finished: float = 10_000.0, verified: bool = True,
-           path: str = "/store/x/snapshot.db") -> BackupRecord:
+           path: str = "/store/x/snapshot.db", drilled: bool | None = True) -> BackupRecord:
     return BackupRecord(id=backup_id, cluster="lab", version=version, revision=9, total_keys=5, snapshot_hash=1,
                         snapshot_size=10, files=(StoredFile(name="snapshot.db", role="snapshot", size=10, sha256="ab",
                                                             path=path),),
                         host=M1, started_at=finished - 5, finished_at=finished, run_id="r", requester="U1",
-                        verified=verified, encrypted=False, host_dir="/home/core/assets/backup/r")
+                        verified=verified, encrypted=False, host_dir="/home/core/assets/backup/r",
+                        drill=None if drilled is None else DrillOutcome(ok=drilled, at=finished, seconds=1.0))
 
 
 def present(_record: BackupRecord) -> bool:
@@ -64,23 +64,11 @@ def test_the_backup_taken_before_is_recent_usable_and_of_the_running_version() -
     assert newest_usable(records, version="4.5.3", present=present) is None
 
 
-@dataclass(frozen=True)
-class Drilled(BackupRecord):
-    """A record as the catalogue holds it once restore drills exist (the trust branch)."""
-
-    drill_ok: bool | None = None
-
-    @property
-    def drilled(self) -> bool:
-        return bool(self.drill_ok)
-
-
-def test_once_drills_exist_only_a_drilled_backup_is_usable() -> None:
-    base = record("d")
-    assert usable(base)
-    assert usable(Drilled(**{**base.__dict__, "drill_ok": True}))
-    assert not usable(Drilled(**{**base.__dict__, "drill_ok": False}))
-    assert not usable(replace(base, verified=False))
+def test_only_a_verified_and_drilled_backup_is_usable() -> None:
+    assert usable(record("d"))
+    assert not usable(record("d", drilled=False)), "a failed drill"
+    assert not usable(record("d", drilled=None)), "never drilled"
+    assert not usable(record("d", verified=False))
 
 
 def test_files_must_still_be_in_the_store(tmp_path: Path) -> None:
