@@ -158,8 +158,17 @@ CONTAINER_ID_RE = re.compile(r"[0-9a-f]{6,64}")
 
 
 def _failed_pods(pods: Sequence[PodFacts]) -> list[PodFacts]:
-    """Pods whose etcd container crashed or exited (waiting to restart, or terminated)."""
-    return [p for p in pods if p.container_state.startswith(("waiting", "terminated"))]
+    """Pods whose etcd container crashed or exited: waiting to restart, terminated, or restarted
+    (a crashlooping container is running for a moment between crashes). Logs of members that
+    turn out healthy are dropped afterwards (`_of_failing`)."""
+    return [p for p in pods if p.crashlooping or p.restarts > 0
+            or p.container_state.startswith(("waiting", "terminated"))]
+
+
+def _of_failing(logs: tuple[ContainerLog, ...], members: Sequence[MemberFacts]) -> tuple[ContainerLog, ...]:
+    """The logs of members that are not healthy (all of them when etcdctl did not answer)."""
+    healthy = {m.name for m in members if m.healthy}
+    return tuple(found for found in logs if found.node not in healthy)
 
 
 def _excerpt(node: str, source: str, text: str) -> ContainerLog:
@@ -204,7 +213,7 @@ async def _host_logs(hosts: Hosts, seen: Sequence[HostFacts], *, timeout: float)
         return _excerpt(host.node, source, result.stdout + result.stderr)  # etcd writes to stderr
 
     failed = [(h, h.etcd_exited_id) for h in seen
-              if h.reachable and h.etcd_state != "Running" and h.etcd_exited_id
+              if h.reachable and (h.etcd_state != "Running" or h.etcd_attempt > 0) and h.etcd_exited_id
               and CONTAINER_ID_RE.fullmatch(h.etcd_exited_id)]
     return tuple(await asyncio.gather(*(one(h, cid) for h, cid in failed if cid)))
 
@@ -310,7 +319,7 @@ async def gather_facts(*, cluster: str, kube: KubeClient | None, hosts: Hosts | 
         sources=tuple(reports),
         expected_back=expected_back,
         etcdctl_via=via,
-        logs=logs,
+        logs=_of_failing(logs, members),
     )
 
 
