@@ -30,30 +30,25 @@ What the bot adds around the page:
 - Every command sent, with its exit status, is in the audit stream (the hosts' shell records its
   own; the API writes are recorded here with the document's `oc patch` wording).
 
-Pure parts (commands, host states, the report) are in procedures/restore_hosts.py.
+Beside it: procedures/restore_hosts.py (the commands, a host's state, the per-host report: pure),
+procedures/restore_checks.py (the backup, the version, SSH: what admission and step 1 check),
+procedures/restore_rollout.py (the redeployments: reasons, `oc patch`, NodeInstallerProgressing).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.backups import BACKUP_ID_RE, BackupRecord, SeenCluster
+from bot.backups import BACKUP_ID_RE
 from bot.cluster.hosts import CommandResult, HostCopyError
 from bot.cluster.kube import (
-    ETCD,
-    KUBE_APISERVER,
     KubeClient,
     KubeError,
-    Resource,
     parse_conditions,
 )
 from bot.cluster.nodes import NodeSession
@@ -75,7 +70,26 @@ from bot.procedure import (
     wait_until,
 )
 from procedures import restore_hosts as rh
-from procedures.backup import full_version, proxy_env
+from procedures.restore_checks import (
+    age_text,
+    fail_text,
+    file_problems,
+    find_backup,
+    read_cluster,
+    recovery_of,
+    unreachable,
+    utc,
+    version_mismatch,
+)
+from procedures.restore_rollout import (
+    OPERATORS,
+    Operator,
+    Rollout,
+    patch_text,
+    progress_text,
+    read_rollout,
+    redeployment_reason,
+)
 
 NAME = "restore"
 TITLE = "Restoring to a previous cluster state"
@@ -89,7 +103,6 @@ KUBELET_TIMEOUT = 120.0
 API_TIMEOUT = 10.0  # one read of the API while it may be down
 POLL = 0.5  # seconds between two checks of a wait
 WAIT_STEP_TIMEOUT = 2 * 3600.0  # the runner's limit of a waiting step; each wait has its own deadline
-REVISION_RE = re.compile(r"^(\d+) nodes are at revision (\d+)$")
 
 S_OPEN = StepId("ch5.3.open-ssh")
 S_COPY = StepId("ch5.3.copy-backup")
@@ -99,26 +112,6 @@ S_RESTORE = StepId("ch5.3.run-restore-script")
 S_KUBELET = StepId("ch5.3.restart-kubelet")
 S_SINGLE = StepId("ch5.3.verify-single-member")
 S_VERIFY = StepId("ch5.3.verify-members")
-
-
-@dataclass(frozen=True)
-class Operator:
-    """An operator the document redeploys: its `oc` name and its resource."""
-
-    name: str  # as `oc patch <name> cluster` writes it
-    resource: Resource
-
-    @property
-    def step_id(self) -> StepId:
-        return StepId(f"ch5.3.redeploy-{self.name}")
-
-
-OPERATORS = (
-    Operator("etcd", ETCD),
-    Operator("kubeapiserver", KUBE_APISERVER),
-    Operator("kubecontrollermanager", Resource("operator.openshift.io", "v1", "kubecontrollermanagers", namespaced=False)),
-    Operator("kubescheduler", Resource("operator.openshift.io", "v1", "kubeschedulers", namespaced=False)),
-)
 
 
 # ---- what each step leaves for the next (typed, stored as JSON) ------------------------------
@@ -190,140 +183,6 @@ class Verified:
     revisions: dict[str, int]
 
 
-# ---- reading the cluster: the API when it answers, else what the bot read last ------------------
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    version: str | None
-    proxy: dict[str, str]
-    masters: tuple[str, ...]
-    api_up: bool
-    source: str  # how the version was known, as people read it
-    api_error: str = ""
-
-
-def _utc(epoch: float) -> str:
-    return f"{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def age_text(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"
-
-
-async def read_cluster(ctx: StepContext) -> ClusterView:
-    """Version, proxy and masters from the API (remembered for later), else the last the bot read
-    (or the newest backup's version), saying so."""
-    hosts = ctx.need_hosts()
-    kube = ctx.kube
-    error = "no kubeconfig"
-    if kube is not None:
-        try:
-            async with asyncio.timeout(API_TIMEOUT + 2):
-                cv, proxy, nodes = await asyncio.gather(kube.get_cluster_version(), kube.get_proxy(),
-                                                        kube.nodes_by_role("master"))
-        except (KubeError, TimeoutError) as exc:
-            error = str(exc) or "timed out"
-        else:
-            version = full_version(cv)
-            env = proxy_env(proxy)
-            masters = tuple(sorted(str(n.get("metadata", {}).get("name", "")) for n in nodes))
-            if version and ctx.catalogue is not None:
-                await ctx.catalogue.note_seen(SeenCluster(cluster=ctx.cluster_name, version=version, proxy=env,
-                                                          at=time.time(), masters=masters))
-            return ClusterView(version=version, proxy=env, masters=_in_config_order(masters, hosts.nodes),
-                               api_up=True, source="read from the API now")
-    seen = await ctx.catalogue.seen_last(ctx.cluster_name) if ctx.catalogue is not None else None
-    newest = await ctx.catalogue.list(cluster=ctx.cluster_name, limit=1) if ctx.catalogue is not None else []
-    masters = _in_config_order(seen.masters, hosts.nodes) if seen and seen.masters else tuple(hosts.nodes)
-    proxy = dict(seen.proxy) if seen else {}
-    if seen is not None and (not newest or seen.at >= newest[0].finished_at):
-        return ClusterView(version=seen.version, proxy=proxy, masters=masters, api_up=False, api_error=error,
-                           source=f"the last version the bot read, at {_utc(seen.at)} (the API does not answer: {error[:120]})")
-    if newest:
-        return ClusterView(version=newest[0].version, proxy=proxy, masters=masters, api_up=False, api_error=error,
-                           source=(f"the last version the bot read, with backup `{newest[0].id}` at "
-                                   f"{_utc(newest[0].finished_at)} (the API does not answer: {error[:120]})"))
-    return ClusterView(version=None, proxy=proxy, masters=masters, api_up=False, api_error=error,
-                       source=f"unknown (the API does not answer: {error[:120]}, and the bot never read it)")
-
-
-def _in_config_order(masters: Sequence[str], configured: Sequence[str]) -> tuple[str, ...]:
-    """The API's masters in the SSH configuration's order (a stable default recovery host);
-    masters without an SSH address last (they are reported as unreachable)."""
-    known = [n for n in configured if n in masters]
-    return (*known, *sorted(n for n in masters if n not in configured))
-
-
-async def unreachable(ctx: StepContext, masters: Sequence[str]) -> dict[str, str]:
-    """Master -> why SSH did not work, for every master that does not run `true`."""
-    hosts = ctx.need_hosts()
-
-    async def one(node: str) -> tuple[str, str]:
-        if node not in hosts.nodes:
-            return node, "no SSH address configured"
-        result = await hosts.run(node=node, argv=["true"], timeout=SSH_TIMEOUT)
-        return node, "" if result.ok else _fail_text(result)
-
-    answers = await asyncio.gather(*(one(n) for n in masters))
-    return {node: why for node, why in answers if why}
-
-
-def version_mismatch(*, backup: BackupRecord, view: ClusterView) -> str:
-    if view.version is None or view.version == backup.version:
-        return ""
-    return (f"Backup `{backup.id}` was taken on OpenShift {backup.version} and `{backup.cluster}` runs {view.version} "
-            f"({view.source}): a restore needs a backup of the same z-stream.")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_problems(record: BackupRecord) -> list[str]:
-    """Both files present, each with the size and sha256 the catalogue holds (reads them whole)."""
-    problems = []
-    for role in ("snapshot", "resources"):
-        try:
-            stored = record.file(role)
-        except StopIteration:
-            problems.append(f"the backup has no {role} file on record")
-            continue
-        path = Path(stored.path)
-        if not path.is_file():
-            problems.append(f"{stored.name} is missing from the store ({path})")
-            continue
-        found = sha256_file(path)
-        if found != stored.sha256:
-            problems.append(f"{stored.name} has sha256 {found[:16]}…, the catalogue says {stored.sha256[:16]}… "
-                            "(the file changed since the backup)")
-    return problems
-
-
-async def find_backup(ctx: StepContext, backup_id: str) -> BackupRecord | None:
-    if ctx.catalogue is None or not BACKUP_ID_RE.fullmatch(backup_id):
-        return None
-    record = await ctx.catalogue.get(backup_id)
-    return record if record is not None and record.cluster == ctx.cluster_name else None
-
-
-def recovery_of(ctx: StepContext, masters: Sequence[str]) -> str:
-    asked = str(ctx.parameters.get("recovery-host") or "")
-    return asked or (masters[0] if masters else "")
-
-
 # ---- admission --------------------------------------------------------------------------------
 
 
@@ -375,12 +234,6 @@ async def preview(ctx: StepContext) -> dict[str, str]:
 # ---- helpers of the steps ---------------------------------------------------------------------
 
 
-def _fail_text(result: CommandResult) -> str:
-    if result.rc is None:
-        return result.error or "no answer"
-    return (result.stderr.strip() or result.stdout.strip())[-300:] or f"exit status {result.rc}"
-
-
 def _target(ctx: StepContext, node: str) -> str:
     user = ctx.cluster.ssh.user if ctx.cluster.ssh is not None else "core"
     return f"ssh {user}@{node}"
@@ -402,13 +255,13 @@ class HostFailed(Exception):
 async def _checked(host: NodeSession, argv: list[str], *, change: bool, timeout: float = SSH_TIMEOUT) -> CommandResult:
     result = await (host.change if change else host.run)(argv=argv, timeout=timeout)
     if not result.ok:
-        raise HostFailed(host.node, f"`{rh.command_text(argv)}` failed: {_fail_text(result)}")
+        raise HostFailed(host.node, f"`{rh.command_text(argv)}` failed: {fail_text(result)}")
     return result
 
 
 async def probe(ctx: StepContext, node: str) -> rh.HostState:
     result = await ctx.need_hosts().run(node=node, argv=rh.probe_command(ctx.run_id), timeout=SSH_TIMEOUT)
-    return rh.parse_probe(node, ctx.run_id, rc=result.rc, stdout=result.stdout, error=result.error or _fail_text(result))
+    return rh.parse_probe(node, ctx.run_id, rc=result.rc, stdout=result.stdout, error=result.error or fail_text(result))
 
 
 async def _probe_on(host: NodeSession, run_id: str) -> rh.HostState:
@@ -480,7 +333,7 @@ async def open_ssh(ctx: StepContext) -> StepResult:
         version_source=view.source, api_up=view.api_up, proxy=dict(view.proxy), at=time.time(),
     )
     summary = (f"recovery host `{recovery}`; SSH answers on {', '.join(f'`{n}`' for n in chosen.masters)}; "
-               f"backup `{record.id}` of {record.version}, taken {_utc(record.started_at)} "
+               f"backup `{record.id}` of {record.version}, taken {utc(record.started_at)} "
                f"({age_text(chosen.at - record.started_at)} ago); the cluster's version {view.version} is {view.source}")
     return StepResult.of(summary, chosen)
 
@@ -527,7 +380,7 @@ async def copy_backup(ctx: StepContext) -> StepResult:
     async with hosts.session(node) as host:
         listing = await host.run(argv=rh.list_backup_dir_command(), timeout=SSH_TIMEOUT)
         if listing.rc is None:
-            raise StepFailed(f"{node} did not answer: {_fail_text(listing)}", retryable=True,
+            raise StepFailed(f"{node} did not answer: {fail_text(listing)}", retryable=True,
                              next_action=f"Check SSH to {node}, then start the restore again; nothing was changed.")
         user = ctx.cluster.ssh.user if ctx.cluster.ssh is not None else "core"
         if rh.backup_dir_in_the_way(rc=listing.rc, stdout=listing.stdout + listing.stderr, user=user, names=names):
@@ -557,7 +410,7 @@ async def copy_backup(ctx: StepContext) -> StepResult:
 async def _step_command(host: NodeSession, argv: list[str]) -> None:
     result = await host.change(argv=argv, timeout=SSH_TIMEOUT)
     if not result.ok:
-        raise StepFailed(f"`{rh.command_text(argv)}` on {host.node} failed: {_fail_text(result)}", retryable=True,
+        raise StepFailed(f"`{rh.command_text(argv)}` on {host.node} failed: {fail_text(result)}", retryable=True,
                          next_action="Nothing on the cluster was changed. Start the restore again.")
 
 
@@ -588,7 +441,7 @@ async def _wait_gone(ctx: StepContext, host: NodeSession, *, what: str,
     async def check() -> bool | NotYet:
         result = await host.run(argv=rh.crictl_command(), timeout=SSH_TIMEOUT)
         if not result.ok:
-            raise HostFailed(host.node, f"`sudo crictl ps` failed: {_fail_text(result)}")
+            raise HostFailed(host.node, f"`sudo crictl ps` failed: {fail_text(result)}")
         left = pick(result.stdout)
         return True if not left else NotYet(", ".join(f"{c.name} {c.state}" for c in left))
 
@@ -648,9 +501,9 @@ def _info_lines(chosen: Chosen) -> list[PlannedCommand]:
     sums = ", ".join(f"{f.name} sha256 {f.sha256}" for f in (snapshot, resources) if f is not None)
     age = age_text(chosen.at - chosen.backup_taken_at)
     return [
-        PlannedCommand("backup", f"{chosen.backup_id}: taken {_utc(chosen.backup_taken_at)}, {age} before this run; "
+        PlannedCommand("backup", f"{chosen.backup_id}: taken {utc(chosen.backup_taken_at)}, {age} before this run; "
                                  f"OpenShift {chosen.backup_version}; {sums}"),
-        PlannedCommand("lost", f"every change to the cluster made after {_utc(chosen.backup_taken_at)} ({age} of "
+        PlannedCommand("lost", f"every change to the cluster made after {utc(chosen.backup_taken_at)} ({age} of "
                                "changes): objects created since are gone, objects deleted since come back"),
         PlannedCommand("recovery host", chosen.recovery),
     ]
@@ -727,7 +580,7 @@ async def run_restore_script(ctx: StepContext) -> StepResult:
     if not result.ok:
         raise await stopped_half_way(
             ctx, chosen, restore_done=False,
-            message=f"`{rh.command_text(argv)}` on {chosen.recovery} failed: {_fail_text(result)}")
+            message=f"`{rh.command_text(argv)}` on {chosen.recovery} failed: {fail_text(result)}")
     return StepResult.of(f"cluster-restore.sh ran on `{chosen.recovery}` in {seconds:.0f} s",
                          ScriptRun(host=chosen.recovery, rc=result.rc or 0, seconds=seconds),
                          output=(result.stdout + result.stderr)[-6000:])
@@ -752,7 +605,7 @@ async def restart_kubelets(ctx: StepContext) -> StepResult:
     first = await hosts.change(node=chosen.recovery, argv=argv, timeout=KUBELET_TIMEOUT)
     results = [first, *await asyncio.gather(*(hosts.change(node=n, argv=argv, timeout=KUBELET_TIMEOUT)
                                                 for n in chosen.others))]
-    failed = [f"`{r.node}`: {_fail_text(r)}" for r in results if not r.ok]
+    failed = [f"`{r.node}`: {fail_text(r)}" for r in results if not r.ok]
     if failed:
         raise await stopped_half_way(ctx, chosen, restore_done=True,
                                      message="restarting the kubelet failed on " + "; ".join(failed))
@@ -774,7 +627,7 @@ async def verify_single_member(ctx: StepContext) -> StepResult:
     async def container() -> bool | NotYet:
         result = await hosts.run(node=chosen.recovery, argv=rh.crictl_command(), timeout=SSH_TIMEOUT)
         if not result.ok:
-            return NotYet(f"`sudo crictl ps`: {_fail_text(result)}")
+            return NotYet(f"`sudo crictl ps`: {fail_text(result)}")
         return True if rh.running_etcd(result.stdout) else NotYet("no etcd container Running yet")
 
     async def pod() -> str | NotYet:
@@ -807,50 +660,6 @@ async def _single_plan(ctx: StepContext) -> list[PlannedCommand]:
         PlannedCommand(_target(ctx, node), rh.command_text(rh.crictl_command()) + "   (until an etcd container is Running)"),
         PlannedCommand("api", "oc get pods -n openshift-etcd   (until exactly one etcd pod is Running, the recovery host's)"),
     ]
-
-
-def redeployment_reason(run_id: str, *, now_ns: int | None = None) -> str:
-    """`recovery-$(date --rfc-3339=ns)` as the document makes it, plus the run: unique, and a
-    resumed run knows its own."""
-    ns = time.time_ns() if now_ns is None else now_ns
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"recovery-{stamp}.{fraction:09d}+00:00 run {run_id}"
-
-
-def patch_text(operator: str, reason: str) -> str:
-    body = json.dumps({"spec": {"forceRedeploymentReason": reason}})
-    return f"oc patch {operator} cluster -p='{body}' --type=merge"
-
-
-def progress_text(operator: str) -> str:
-    return (f"oc get {operator} -o=jsonpath='{{range .items[0].status.conditions[?(@.type==\"NodeInstallerProgressing\")]}}"
-            "{.reason}{\"\\n\"}{.message}{\"\\n\"}'")
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """NodeInstallerProgressing as the document reads it, and the node revisions behind it."""
-
-    reason: str
-    message: str
-    latest: int
-    nodes: int
-    at_latest: int
-
-    def done(self, *, masters: int, newer_than: int | None) -> bool:
-        match = REVISION_RE.fullmatch(self.message.strip())
-        return (self.reason == "AllNodesAtLatestRevision" and match is not None and int(match.group(2)) == self.latest
-                and self.at_latest == self.nodes >= masters and (newer_than is None or self.latest > newer_than))
-
-
-def read_rollout(obj: Mapping[str, Any]) -> Rollout:
-    status = obj.get("status") or {}
-    latest = int(status.get("latestAvailableRevision") or 0)
-    nodes = [s for s in status.get("nodeStatuses") or () if isinstance(s, Mapping)]
-    condition = next((c for c in parse_conditions(obj) if c.type == "NodeInstallerProgressing"), None)
-    return Rollout(reason=condition.reason if condition else "", message=condition.message if condition else "",
-                   latest=latest, nodes=len(nodes), at_latest=sum(1 for s in nodes if s.get("currentRevision") == latest))
 
 
 def redeploy(operator: Operator) -> Callable[[StepContext], Awaitable[StepResult]]:

@@ -13,7 +13,9 @@ from bot.procedure import NotYet, WaitTimedOut, registered, wait_until
 from handlers.common import UsageError, parse_args
 from handlers.procedures import spec_of
 from procedures import restore
+from procedures import restore_checks as checks
 from procedures import restore_hosts as rh
+from procedures import restore_rollout as rollout
 
 RUN = "ab12cd34"
 A, B, C = "ip-10-0-131-183.ec2.internal", "ip-10-0-154-204.ec2.internal", "ip-10-0-164-97.ec2.internal"
@@ -93,10 +95,10 @@ def test_an_earlier_backup_dir_is_moved_aside_only_when_in_the_way():
 
 
 def test_redeployment_reasons_are_unique_and_name_the_run():
-    first = restore.redeployment_reason(RUN, now_ns=1_700_000_000_123_456_789)
+    first = rollout.redeployment_reason(RUN, now_ns=1_700_000_000_123_456_789)
     assert first == "recovery-2023-11-14 22:13:20.123456789+00:00 run ab12cd34"
-    assert restore.redeployment_reason(RUN, now_ns=1_700_000_000_123_456_790) != first
-    assert restore.patch_text("etcd", first) == (
+    assert rollout.redeployment_reason(RUN, now_ns=1_700_000_000_123_456_790) != first
+    assert rollout.patch_text("etcd", first) == (
         "oc patch etcd cluster -p='{\"spec\": {\"forceRedeploymentReason\": \"" + first + "\"}}' --type=merge")
 
 
@@ -125,12 +127,12 @@ def test_rollout_is_done_only_when_every_master_is_at_a_newer_revision():
                            "nodeStatuses": [{"nodeName": n, "currentRevision": r} for n, r in zip((A, B, C), currents, strict=False)],
                            "conditions": [{"type": "NodeInstallerProgressing", "status": "False", "reason": reason,
                                            "message": message}]}}
-    mixed = restore.read_rollout(obj("NodeInstaller", "2 nodes are at revision 6; 1 nodes are at revision 7", 7, (6, 6, 7)))
+    mixed = rollout.read_rollout(obj("NodeInstaller", "2 nodes are at revision 6; 1 nodes are at revision 7", 7, (6, 6, 7)))
     assert not mixed.done(masters=3, newer_than=6)
-    done = restore.read_rollout(obj("AllNodesAtLatestRevision", "3 nodes are at revision 7", 7, (7, 7, 7)))
+    done = rollout.read_rollout(obj("AllNodesAtLatestRevision", "3 nodes are at revision 7", 7, (7, 7, 7)))
     assert done.done(masters=3, newer_than=6) and done.done(masters=3, newer_than=None)
     assert not done.done(masters=3, newer_than=7)  # the old revision's "all at latest": the rollout has not begun
-    two = restore.read_rollout(obj("AllNodesAtLatestRevision", "2 nodes are at revision 7", 7, (7, 7)))
+    two = rollout.read_rollout(obj("AllNodesAtLatestRevision", "2 nodes are at revision 7", 7, (7, 7)))
     assert not two.done(masters=3, newer_than=6)  # a master without an installer yet
 
 
@@ -180,32 +182,32 @@ def _record(version="4.5.2"):
 
 
 def test_versions_differ_both_are_shown():
-    view = restore.ClusterView(version="4.5.3", proxy={}, masters=(A, B, C), api_up=True, source="read from the API now")
-    text = restore.version_mismatch(backup=_record(), view=view)
+    view = checks.ClusterView(version="4.5.3", proxy={}, masters=(A, B, C), api_up=True, source="read from the API now")
+    text = checks.version_mismatch(backup=_record(), view=view)
     assert "OpenShift 4.5.2" in text and "runs 4.5.3 (read from the API now)" in text and "same z-stream" in text
-    assert restore.version_mismatch(backup=_record("4.5.3"), view=view) == ""
+    assert checks.version_mismatch(backup=_record("4.5.3"), view=view) == ""
 
 
 def test_missing_and_changed_files_are_named(tmp_path):
     good = tmp_path / "snapshot_2026-11-27_081409.db"
     good.write_bytes(b"etcd")
     record = _record()
-    digest = restore.sha256_file(good)
+    digest = checks.sha256_file(good)
     files = (StoredFile(good.name, "snapshot", 4, digest, str(good)),
              StoredFile("static_kuberesources_2026-11-27_081409.tar.gz", "resources", 4, "1" * 64,
                         str(tmp_path / "gone.tar.gz")))
     from dataclasses import replace
-    assert restore.file_problems(replace(record, files=files)) == [
+    assert checks.file_problems(replace(record, files=files)) == [
         f"static_kuberesources_2026-11-27_081409.tar.gz is missing from the store ({tmp_path / 'gone.tar.gz'})"]
     good.write_bytes(b"etcd, changed")
-    problems = restore.file_problems(replace(record, files=files[:1] + (replace(files[1], path=str(good)),)))
+    problems = checks.file_problems(replace(record, files=files[:1] + (replace(files[1], path=str(good)),)))
     assert problems[0].startswith(f"{good.name} has sha256 ") and "the file changed since the backup" in problems[0]
 
 
 def test_ages():
-    assert restore.age_text(59) == "0 min"
-    assert restore.age_text(3 * 3600 + 120) == "3 h 2 min"
-    assert restore.age_text(2 * 86400 + 3600) == "2 d 1 h"
+    assert checks.age_text(59) == "0 min"
+    assert checks.age_text(3 * 3600 + 120) == "3 h 2 min"
+    assert checks.age_text(2 * 86400 + 3600) == "2 d 1 h"
 
 
 # ---- the kit's wait ----
