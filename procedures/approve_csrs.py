@@ -16,6 +16,7 @@ from typing import Any
 
 from bot.cluster.kube import KubeError
 from bot.procedure import (
+    NotYet,
     PlannedCommand,
     Procedure,
     Step,
@@ -24,12 +25,13 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    WaitTimedOut,
     register,
+    wait_until,
 )
 from procedures.cluster_nodes import list_nodes
 from procedures.csr_steps import approve_step, review_step
 from procedures.csrs import read_csrs
-from procedures.waiting import NotYet, WaitTimedOut, wait_until
 
 NAME = "approve-csrs"
 TITLE = "Recovering from expired control plane certificates"

@@ -17,9 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.cluster.kube import KubeError
-from bot.procedure import PlannedCommand, Step, StepContext, StepFailed, StepId, StepKind, StepResult
+from bot.procedure import (
+    NotYet,
+    PlannedCommand,
+    Step,
+    StepContext,
+    StepFailed,
+    StepId,
+    StepKind,
+    StepResult,
+    WaitTimedOut,
+    wait_until,
+)
 from procedures.csrs import CsrView, describe, read_csrs, summary, whose
-from procedures.waiting import NotYet, WaitTimedOut, wait_until
 
 APPROVE_REASON = "EtcdbotApprove"
 API_TIMEOUT = 30.0

@@ -26,6 +26,7 @@ from typing import Any
 
 from bot.cluster.kube import KubeError, parse_conditions
 from bot.procedure import (
+    NotYet,
     PlannedCommand,
     Procedure,
     Step,
@@ -34,13 +35,14 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    WaitTimedOut,
     register,
+    wait_until,
 )
 from procedures.cluster_nodes import NodeView, list_nodes
 from procedures.csr_steps import approve_step, review_step
 from procedures.csrs import read_csrs
 from procedures.guards import newest_usable_backup, restore_advice, running_version
-from procedures.waiting import NotYet, WaitTimedOut, wait_until
 
 NAME = "restart-check"
 TITLE = "Restarting the cluster gracefully"

@@ -33,6 +33,7 @@ from bot.cluster.hosts import CommandResult, shell_command
 from bot.cluster.kube import KubeError
 from bot.procedure import (
     Admission,
+    NotYet,
     PlannedCommand,
     Procedure,
     Step,
@@ -41,13 +42,14 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    WaitTimedOut,
     register,
+    wait_until,
 )
 from bot.shutdowns import NodeAnswer, ShutdownRecord
 from procedures.backup import full_version
 from procedures.cluster_nodes import NodeView, list_nodes
 from procedures.guards import TakenBackup, backup_first, own_cluster_refusal, recent_backup
-from procedures.waiting import NotYet, WaitTimedOut, wait_until
 
 NAME = "shutdown"
 TITLE = "Shutting down the cluster gracefully"
