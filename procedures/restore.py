@@ -70,6 +70,7 @@ from bot.procedure import (
     wait_until,
 )
 from procedures import restore_hosts as rh
+from procedures.guards import own_cluster_refusal
 from procedures.restore_checks import (
     age_text,
     fail_text,
@@ -187,7 +188,11 @@ class Verified:
 
 
 async def admission(ctx: StepContext) -> Admission:
-    """Refuse unless the backup is whole and of this z-stream, and SSH answers on every master."""
+    """Refuse on the bot's own cluster (a restore stops the API the bot runs under), and unless the
+    backup is whole and of this z-stream, and SSH answers on every master."""
+    own = await own_cluster_refusal(ctx, action="restore")
+    if own is not None:
+        return own
     backup_id = str(ctx.parameters.get("backup-id") or "")
     cluster = ctx.cluster_name
     record = await find_backup(ctx, backup_id)

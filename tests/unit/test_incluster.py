@@ -5,6 +5,7 @@ tell. The admission helper is run on a step context whose cluster is the pod's o
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,18 @@ async def test_the_admission_refuses_when_it_cannot_tell(tmp_path: Path) -> None
     assert refused is not None and refused.verdict is Verdict.REFUSE
     assert "cannot tell whether `prod` is its own cluster" in refused.message and "will not restore" in refused.message
     assert "NODE_NAME" in refused.next_action
+
+
+async def test_restore_admission_refuses_the_pods_own_cluster_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etcd-restore stops the API the bot would run under: its admission asks the same question
+    as /etcd-shutdown's before anything else (the backup is not even looked up)."""
+    from procedures import restore
+
+    account(tmp_path)
+    ctx = context(tmp_path, server="https://172.30.0.1:443")
+    ctx = replace(ctx, parameters={"backup-id": "20261130-031500-abcdef12"})
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "172.30.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    refused = await restore.admission(ctx)
+    assert refused.verdict is Verdict.REFUSE
+    assert "`prod` is the cluster this bot runs on" in refused.message and "cannot restore" in refused.message
