@@ -45,14 +45,15 @@ def status(lab: Lab, text: str = "") -> str:
     return lab.cli(*args, timeout=120).stdout
 
 
-def status_until(lab: Lab, needle: str, *, timeout: float) -> str:
-    """Asks again until the diagnosis shows `needle` (faults take a moment to show in the cluster)."""
+def status_until(lab: Lab, needle: str, *, timeout: float, also: tuple[str, ...] = ()) -> str:
+    """Asks again until the status shows `needle` and everything in `also` (faults take a moment to
+    show in the cluster, and its parts, such as the operator's condition, do not show at once)."""
 
     def check() -> str | None:
         out = status(lab)
-        return out if needle in out else None
+        return out if all(text in out for text in (needle, *also)) else None
 
-    return wait_for(check, timeout=timeout, what=f"a status showing {needle!r}", interval=2)
+    return wait_for(check, timeout=timeout, what=f"a status showing {(needle, *also)!r}", interval=2)
 
 
 def test_healthy(lab: Lab, bot: subprocess.Popen[str]) -> None:
