@@ -9,10 +9,12 @@ the command they must follow."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
+from lab import control
 from tests.e2e.backup_support import BotProcess, blocks_text, buttons, command, start_bot
 from tests.e2e.restore_support import (
     approval_request,
@@ -72,7 +74,10 @@ def test_ssh_lost_after_the_manifests_moved_stops_the_run_and_resume_finishes(la
     lab.cli("fault", "slow-etcd", cut)
     since, run = approved_restore(lab, backup_id)
     wait_command(lab, run_id=run["run_id"], target=cut, contains="mv /etc/kubernetes/manifests/etcd-pod.yaml")
-    lab.cli("fault", "block-ssh", cut)
+    # Straight to the lab's control socket (what `etcdbot-lab fault block-ssh` sends), without the
+    # CLI's start-up time: the fault must land within the etcd container's 5 s grace period.
+    reply = asyncio.run(control.request(lab.dir, {"cmd": "fault", "kind": "block-ssh", "target": cut}))
+    assert reply.get("ok"), reply
 
     held = wait_restore(lab, since=since, run_id=run["run_id"], states=("interrupted", "failed", "succeeded"), timeout=120)
     text = blocks_text(held)
