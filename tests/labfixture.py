@@ -151,14 +151,22 @@ class Lab:
         return pids
 
 
-def start_lab(lab_dir: Path, *extra: str) -> Lab:
-    proc = subprocess.run([*lab_cli(), "up", "--dir", str(lab_dir), *extra], capture_output=True, text=True,
-                          timeout=150, cwd=ROOT)
-    if proc.returncode != 0:
-        log = (lab_dir / "logs" / "daemon.log")
+def start_lab(lab_dir: Path, *extra: str, attempts: int = 3) -> Lab:
+    """`etcdbot-lab up` in `lab_dir`. The lab picks free ports, then binds them; with several labs
+    and bots starting at once (xdist), another process can take a port in between. Only that
+    failure is tried again, in a fresh directory beside the first."""
+    for attempt in range(1, attempts + 1):
+        where = lab_dir if attempt == 1 else lab_dir.with_name(f"{lab_dir.name}-retry{attempt}")
+        proc = subprocess.run([*lab_cli(), "up", "--dir", str(where), *extra], capture_output=True, text=True,
+                              timeout=150, cwd=ROOT)
+        if proc.returncode == 0:
+            return Lab(dir=where, env=parse_env(proc.stdout))
+        log = (where / "logs" / "daemon.log")
         tail = log.read_text()[-3000:] if log.exists() else ""
-        raise AssertionError(f"etcdbot-lab up failed: {proc.stderr}\n{tail}")
-    return Lab(dir=lab_dir, env=parse_env(proc.stdout))
+        if "address already in use" not in proc.stderr + tail or attempt == attempts:
+            raise AssertionError(f"etcdbot-lab up failed: {proc.stderr}\n{tail}")
+        subprocess.run([*lab_cli(), "down", "--dir", str(where)], capture_output=True, text=True, timeout=90, cwd=ROOT)
+    raise AssertionError("unreachable")
 
 
 def pid_alive(pid: int) -> bool:

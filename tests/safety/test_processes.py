@@ -45,7 +45,7 @@ async def start_run(slack: Slack, text: str = "/etcd-test-destroy") -> Any:
     before = len(run_messages(slack))
     await slack.command("alice", text)
     return await until(lambda: run_messages(slack)[before] if len(run_messages(slack)) > before else None,
-                       timeout=30, what="the run's message")
+                       timeout=60, what="the run's message")
 
 
 def requests(slack: Slack, run: str) -> list[Any]:
