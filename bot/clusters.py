@@ -8,6 +8,7 @@ and kept, one per cluster (building one reads the kubeconfig from disk).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.cluster.hosts import Hosts, SshTarget
@@ -29,12 +30,16 @@ def hosts_for(cluster: ClusterSettings) -> Hosts | None:
     if cluster.ssh is None:
         return None
     ssh = cluster.ssh
-    targets = {}
-    for node in ssh.hosts:
-        host, port = ssh.address(node)
-        targets[node] = SshTarget(node=node, host=host, port=port, user=ssh.user, private_key=ssh.private_key,
-                                  known_hosts=ssh.known_hosts, connect_timeout=ssh.connect_timeout)
-    return Hosts(targets)
+
+    def targets(nodes: Iterable[str]) -> dict[str, SshTarget]:
+        found = {}
+        for node in nodes:
+            host, port = ssh.address(node)
+            found[node] = SshTarget(node=node, host=host, port=port, user=ssh.user, private_key=ssh.private_key,
+                                    known_hosts=ssh.known_hosts, connect_timeout=ssh.connect_timeout)
+        return found
+
+    return Hosts(targets(ssh.hosts), workers=targets(ssh.workers))
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,11 @@ async def _run(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT) -> str:
         raise DrillError(f"`{' '.join(argv[:3])}` did not finish within {timeout:g} s") from None
     if proc.returncode != 0:
         text = (err or out).decode(errors="replace").strip().splitlines()
-        raise DrillError(f"`{' '.join(argv[:3])}` failed: {text[-1] if text else f'exit {proc.returncode}'}")
+        last = text[-1] if text else f"exit {proc.returncode}"
+        if "expected sha256" in last:  # etcdctl prints both digests as byte lists: say what it means
+            last = ("the snapshot fails etcd's own integrity check (the sha256 `etcdctl snapshot save` appended "
+                    "does not match its content): it was damaged before or while it was copied")
+        raise DrillError(f"`{' '.join(argv[:3])}` failed: {last[:500]}")
     return out.decode(errors="replace")
 
 

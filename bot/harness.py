@@ -34,6 +34,7 @@ from bot.cluster.nodes import NodeShell
 from bot.cluster.stepetcd import StepEtcd
 from bot.clusters import Clusters
 from bot.config import Settings, load_settings
+from bot.drill import Driller
 from bot.procedure import (
     Admission,
     Fence,
@@ -48,6 +49,7 @@ from bot.procedure import (
     no_fence,
     plan_of,
 )
+from bot.shutdowns import ShutdownLog
 
 R = TypeVar("R")
 
@@ -72,7 +74,8 @@ class StepEnvironment:
         self._clusters = Clusters(self.settings)
         self._redis: aioredis.Redis | None = None
         self.store = BackupStore(root=self.settings.backup_dir, keys_root=self.settings.backup_keys_dir,
-                                 copy_rate=self.settings.backup_copy_rate)
+                                 copy_rate=self.settings.backup_copy_rate,
+                                 driller=Driller(work_dir=self.settings.drill_dir, timeout=self.settings.drill_timeout))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, cluster: str | None = None, **options: Any) -> StepEnvironment:
@@ -98,11 +101,19 @@ class StepEnvironment:
         self._clusters.close()
 
     @property
-    def catalogue(self) -> Catalogue:
+    def redis(self) -> aioredis.Redis:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=10,
                                                   **self.settings.redis_options())
-        return Catalogue(redis=self._redis)
+        return self._redis
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return Catalogue(redis=self.redis)
+
+    @property
+    def shutdowns(self) -> ShutdownLog:
+        return ShutdownLog(redis=self.redis)
 
     async def _heartbeat(self, text: str) -> None:
         self.heartbeats.append(text)
@@ -119,7 +130,7 @@ class StepEnvironment:
             hosts=NodeShell(hosts, kube=kube) if hosts is not None else None,  # type: ignore[arg-type]
             results=self.results, heartbeat=self._heartbeat, requester=self.requester, fence=self.fence,
             etcd=StepEtcd(kube=kube, hosts=hosts) if kube is not None or hosts is not None else None,
-            overrides=self.overrides, store=self.store, catalogue=self.catalogue,
+            overrides=self.overrides, store=self.store, catalogue=self.catalogue, shutdowns=self.shutdowns,
         )
 
     def given(self, step_id: StepId, result: Any, *, summary: str = "") -> None:

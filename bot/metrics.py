@@ -74,10 +74,20 @@ BACKUP_LAST_SUCCESS = Gauge(
 _newest_backup: dict[str, float] = {}
 # One count per scheduled fire, by how it ended (a fire another replica took is "duplicate").
 SCHEDULED_OUTCOMES = frozenset({"succeeded", "failed", "aborted", "interrupted", "busy", "refused", "refused_young", "duplicate",
-                                "timeout", "error"})
+                                "timeout", "error", "missed"})
 SCHEDULED_BACKUPS = Counter("etcdbot_scheduled_backups", "Scheduled backup fires by outcome.", ["cluster", "outcome"])
 BACKUP_BYTES = Gauge("etcdbot_backup_bytes", "Size of the last successful backup (snapshot + static pod resources).",
                      ["cluster"])
+# Backups you can trust: restore drills, the newest drilled backup, retention.
+DRILL_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+DRILLS = Counter("etcdbot_drills", "Restore drills by outcome (passed / failed).", ["cluster", "outcome"])
+DRILL_DURATION = Histogram("etcdbot_drill_duration_seconds", "Restore drills, checksum to scratch etcd stopped.",
+                           ["cluster", "outcome"], buckets=DRILL_BUCKETS)
+LAST_DRILLED = Gauge(
+    "etcdbot_backup_last_drilled_timestamp_seconds",
+    "Unix time at which the newest backup whose restore drill passed was taken (0: none).", ["cluster"],
+)
+RETENTION_DELETIONS = Counter("etcdbot_retention_deletions", "Backups deleted by the retention rules.", ["cluster"])
 
 
 def _bounded(value: object, allowed: Iterable[str] | None = None) -> str:
@@ -139,6 +149,33 @@ def backup_stored(*, cluster: str, size_bytes: int, finished_at: float) -> None:
         _newest_backup[label] = finished_at
         BACKUP_LAST_SUCCESS.labels(cluster=label).set(finished_at)
         BACKUP_BYTES.labels(cluster=label).set(size_bytes)
+
+
+def drill_finished(*, cluster: str, ok: bool, seconds: float, finished_at: float) -> None:
+    """A restore drill ended; a passed one of a newer backup moves the last-drilled time."""
+    label, outcome = _bounded(cluster), "passed" if ok else "failed"
+    DRILLS.labels(cluster=label, outcome=outcome).inc()
+    DRILL_DURATION.labels(cluster=label, outcome=outcome).observe(max(seconds, 0.0))
+    if ok:
+        newest_drilled(cluster=cluster, finished_at=finished_at, only_newer=True)
+
+
+_last_drilled: dict[str, float] = {}
+
+
+def newest_drilled(*, cluster: str, finished_at: float | None, only_newer: bool = False) -> None:
+    """Sets the last-drilled gauge (from the catalogue, by every replica, so each one's /metrics
+    says the same); None: no drilled backup."""
+    label = _bounded(cluster)
+    value = finished_at or 0.0
+    if only_newer and value < _last_drilled.get(label, 0.0):
+        return
+    _last_drilled[label] = value
+    LAST_DRILLED.labels(cluster=label).set(value)
+
+
+def retention_deleted(*, cluster: str, count: int = 1) -> None:
+    RETENTION_DELETIONS.labels(cluster=_bounded(cluster)).inc(count)
 
 
 def slack_method(url: str) -> str:

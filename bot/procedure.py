@@ -23,11 +23,13 @@ Not here: Slack, Redis records, the lock (engine); how the cluster is reached (b
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import inspect
 import json
 import re
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,8 +42,9 @@ if TYPE_CHECKING:
     from bot.cluster.etcd import EndpointStatuses, EtcdSurvey
     from bot.cluster.etcdctl import EndpointHealth, MemberList
     from bot.cluster.kube import KubeClient
-    from bot.cluster.nodes import NodeShell
+    from bot.cluster.nodes import CommandNote, NodeShell
     from bot.config import ClusterSettings, Settings
+    from bot.shutdowns import ShutdownLog
 
 StepId = NewType("StepId", str)  # stable across restarts, e.g. "ch1.run-backup-script"
 RunId = NewType("RunId", str)
@@ -55,13 +58,60 @@ class StepKind(StrEnum):
 
 
 class StepFailed(Exception):
-    """A step's failure the user can act on. `next_action` says what to do now."""
+    """A step's failure the user can act on. `next_action` says what to do now.
 
-    def __init__(self, message: str, *, next_action: str = "", retryable: bool = False) -> None:
+    `hold`: the cluster is left half way through something (a restore that moved manifests on
+    some masters): the run stops but keeps the cluster's lock, so nothing else starts on it,
+    until a person presses Resume (which repeats the step, with a fresh approval when it is
+    destructive) or Abort."""
+
+    def __init__(self, message: str, *, next_action: str = "", retryable: bool = False, hold: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.next_action = next_action
         self.retryable = retryable
+        self.hold = hold
+
+
+# ---- waits -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """A wait's check, while its condition does not hold: what it reads now (shown to people)."""
+
+    now: str = ""
+
+
+class WaitTimedOut(StepFailed):
+    """A wait that reached its deadline: the message names what it waited for and what it saw last."""
+
+    def __init__(self, message: str, *, what: str, last: str, next_action: str = "") -> None:
+        super().__init__(message, next_action=next_action, retryable=False)
+        self.what = what
+        self.last = last
+
+
+async def wait_until(check: Callable[[], Awaitable[R | NotYet]], *, what: str, deadline: float,
+                     heartbeat: Callable[[str], Awaitable[None]], interval: float = 0.5,
+                     next_action: str = "") -> R:
+    """Calls `check` every `interval` seconds until it answers something other than `NotYet`,
+    saying in the progress message what it waits for, for how long, and what it reads now. Past
+    `deadline` seconds: `WaitTimedOut`. Why here: a procedure's waits ("wait a few minutes and
+    check again") are where people get it wrong at 3 a.m.; each must have a deadline and a name."""
+    started = time.monotonic()
+    last = ""
+    while True:
+        answer = await check()
+        if not isinstance(answer, NotYet):
+            return answer
+        last = answer.now or last
+        elapsed = time.monotonic() - started
+        if elapsed >= deadline:
+            raise WaitTimedOut(f"gave up waiting for {what} after {deadline:g} s" + (f"; last seen: {last}" if last else ""),
+                               what=what, last=last, next_action=next_action)
+        await heartbeat(f"waiting for {what} ({elapsed:.0f} s of at most {deadline:g} s)" + (f": {last}" if last else ""))
+        await asyncio.sleep(min(interval, max(0.0, deadline - elapsed)))  # the poll of a wait with a deadline
 
 
 # ---- typed results ---------------------------------------------------------------------------
@@ -149,6 +199,11 @@ async def no_fence() -> None:
     return None
 
 
+async def no_note(*, target: str, command: str, rc: int | None, elapsed: float, error: str = "") -> None:
+    """The command record of a context nobody audits (a unit test)."""
+    return None
+
+
 class EtcdAccess(Protocol):
     """What a step may ask of etcd, wherever it answers: a healthy pod's etcdctl container, else
     a master over SSH with the environment of its static pod manifest (bot/cluster/etcd.py, given
@@ -204,6 +259,10 @@ class StepContext:
     overrides: frozenset[str] = frozenset()  # admission warnings a person chose to override
     store: BackupStore | None = None  # the backup store (files)
     catalogue: Catalogue | None = None  # the backup catalogue (Redis)
+    # Records a command the step sent other than through `hosts` (which records its own), e.g. an
+    # API write as the document's `oc patch ...`, with its exit status: the run's audit stream.
+    note_command: CommandNote = no_note
+    shutdowns: ShutdownLog | None = None  # the graceful shutdowns the bot ran (Redis), for the restart check
 
     def __post_init__(self) -> None:
         self.kube = _bind(self.kube, self.fence)
@@ -360,13 +419,15 @@ async def preview_of(procedure: Procedure, ctx: StepContext) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Param:
-    """A positional argument of a procedure's slash command (the cluster is always the last,
-    optional one, added by the handler): its name, the pattern it must match, an example."""
+    """An argument of a procedure's slash command (the cluster is always the last, optional one,
+    added by the handler): its name, the pattern it must match, an example. Positional, unless
+    `flag` names the option that carries it (`--recovery-host NODE`; always optional)."""
 
     name: str
     pattern: re.Pattern[str]
     example: str
     optional: bool = False
+    flag: str = ""
 
 
 Builder = Callable[[Mapping[str, Any]], Procedure]

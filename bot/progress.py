@@ -19,7 +19,7 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +102,7 @@ def _step_line(number: int, record: StepRecord) -> str:
     if record.attempts > 1:
         parts.append(f"attempt {record.attempts}")
     if record.approved_by:
-        parts.append(f"approved by <@{record.approved_by}>")
+        parts.append("approved by " + ", ".join(f"<@{a}>" for a in record.approved_by.split(",") if a))
     line = " · ".join(parts)
     detail = record.error or record.summary or record.note
     if detail:
@@ -144,7 +144,18 @@ def _outcome_blocks(run: Run) -> list[Block]:
     if run.state is RunState.INTERRUPTED:
         current = run.current_step
         where = f" during *{current.title}*" if current else ""
-        lines.append(f"The bot restarted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        if not run.error:
+            lines.append(f"The bot restarted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        else:
+            lines.append(f"The run was interrupted{where}. Press *Resume* to continue or *Abort* to stop here.")
+        if current is not None and current.kind is StepKind.DESTRUCTIVE and current.state is StepState.INTERRUPTED:
+            lines.append(
+                f"*{current.title}* was running and may have partly happened. *Resume* asks a fresh approval "
+                "(another approver, not the requester) before it runs again."
+            )
+            if current.planned:
+                sent = "; ".join(f"`{escape(c.target)}`: `{escape(c.command)}`" for c in current.planned[:10])
+                lines.append(f"It was about to send: {sent}")
         if run.confirm_rerun and current is not None:
             lines.append(
                 f"*{current.title}* may have partly run and is not safe to repeat automatically. "
@@ -152,17 +163,16 @@ def _outcome_blocks(run: Run) -> list[Block]:
             )
     if run.error:
         lines.append(f"*What went wrong:* {run.error}")
-    if run.next_action:
-        lines.append(f"*What to do next:* {run.next_action}")
+    # What to do next gets a section of its own: a restore stopped half way says it per host.
+    after = [f"*What to do next:* {run.next_action}"] if run.next_action else []
     if run.state in (RunState.FAILED, RunState.ABORTED):
         if run.ended_by:
-            lines.append(f"Stopped by <@{run.ended_by}>.")
+            after.append(f"Stopped by <@{run.ended_by}>.")
         done = ", ".join(r.title for r in run.done_steps()) or "nothing"
         not_done = ", ".join(r.title for r in run.not_done_steps()) or "nothing"
-        lines.append(f"*Done:* {done}\n*Not done:* {not_done}")
-    if not lines:
-        return []
-    return [SectionBlock(text=MarkdownTextObject(text=_clip("\n".join(lines), SECTION_LIMIT)))]
+        after.append(f"*Done:* {done}\n*Not done:* {not_done}")
+    return [SectionBlock(text=MarkdownTextObject(text=_clip("\n".join(part), SECTION_LIMIT)))
+            for part in (lines, after) if part]
 
 
 def _button(*, text: str, action_id: str, value: str, style: str | None = None, confirm: str = "") -> ButtonElement:
@@ -229,12 +239,18 @@ def output_chunks(*, title: str, output: str) -> list[str]:
 # -- sending -------------------------------------------------------------------------------------
 
 
+# Asked right before an edit goes out: is it still ours to send? (A run message another bot
+# instance has taken over must not be overwritten by a stale snapshot queued before a pause.)
+Guard = Callable[[], Awaitable[bool]]
+
+
 @dataclass
 class _Content:
     text: str
     blocks: Sequence[Block | dict] | None
     version: int
     attempts: int = 0
+    guard: Guard | None = None
 
 
 @dataclass
@@ -301,12 +317,15 @@ class ThrottledSender:
         chan.wake.set()
         return await done
 
-    def update(self, *, channel: str, ts: str, text: str, blocks: Sequence[Block | dict] | None = None) -> None:
-        """Queues an edit; replaces any edit of the same message that has not gone out yet."""
+    def update(
+        self, *, channel: str, ts: str, text: str, blocks: Sequence[Block | dict] | None = None, guard: Guard | None = None
+    ) -> None:
+        """Queues an edit; replaces any edit of the same message that has not gone out yet. With
+        `guard`, the edit is dropped if the guard answers False when its turn comes."""
         self._version += 1
         chan = self._channel(channel)
         chan.updates.pop(ts, None)  # re-insert at the end: fairness between messages of a channel
-        chan.updates[ts] = _Content(text=text, blocks=blocks, version=self._version)
+        chan.updates[ts] = _Content(text=text, blocks=blocks, version=self._version, guard=guard)
         self._wanted[(channel, ts)] = self._version
         chan.wake.set()
 
@@ -372,6 +391,15 @@ class ThrottledSender:
 
     async def _send_update(self, channel: str, chan: _Channel, ts: str, content: _Content) -> None:
         content.attempts += 1
+        if content.guard is not None:
+            try:
+                wanted = await content.guard()
+            except Exception as exc:  # cannot tell (Redis away): showing progress beats showing nothing
+                log.warning("slack.update_guard_failed", channel=channel, ts=ts, error=str(exc))
+                wanted = True
+            if not wanted:
+                await self._settle(channel, ts, content.version)
+                return
         try:
             await self._client.chat_update(channel=channel, ts=ts, text=content.text, blocks=content.blocks)
         except Exception as exc:

@@ -18,11 +18,16 @@ What a fire does, and deliberately does not do:
   overrides it (and logs that it did);
 - a busy cluster gets one message naming the run that holds it, and the fire is skipped (no retry:
   the next fire is the retry);
-- a failed run gets one summary line saying what to do (the run's own message has the detail).
+- the replica that acted follows its run to the end and posts one line (bot/notify.py): after a
+  success the backup's size, revision, duration, restore drill and the next fire; after a failure
+  the step, the error, what to do, and the on-call group's mention.
 
-Limits of the MemoryJobStore: `misfire_grace_time` covers a fire that is late inside a living
-process (a blocked event loop, a slow Redis); a replica that was DOWN at fire time does not know
-about that fire when it comes back. With several replicas, another one takes it.
+Fires missed while no bot ran: every replica records, at each fire, the newest fire time in Redis
+(`<prefix>:schedule:<cluster>:last`). A bot that starts reads it and lists the fires since, once
+(a claim per gap, so two replicas starting together say it once), however long ago they were;
+the latest fire, if within the grace window, is then taken (catch-up, claimed like any fire).
+`misfire_grace_time` covers a fire that is late inside a living process (a blocked event loop, a
+slow Redis).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot import metrics
+from bot.backups import Catalogue
 from bot.clusters import Clusters
 from bot.config import ClusterSettings, Settings
 from bot.log import get_logger
+from bot.notify import Notifier, failure_line, missed_line, success_line
 from bot.procedure import Admission, Procedure, Verdict
 from bot.progress import ThrottledSender, slack_time
 from bot.runner import Busy, Runner
@@ -56,6 +63,10 @@ JOB_PREFIX = "backup:"
 MISFIRE_GRACE = timedelta(minutes=15)
 FIRE_KEY_TTL = 2 * 24 * 3600  # seconds; longer than any grace window, short enough to clean itself
 RUN_WAIT = 6 * 3600.0  # seconds a fire follows its run to post the failure line (the copy step alone may take 1 h)
+MAX_MISSED_SCAN = 200_000  # fires counted one by one when saying what was missed (every minute for ~4 months)
+_MAX_SET = """local v = redis.call('GET', KEYS[1])
+if (not v) or tonumber(v) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0"""
 
 
 def trigger_for(expression: str, *, timezone: str) -> CronTrigger:
@@ -84,6 +95,27 @@ async def claim_fire(redis: aioredis.Redis, *, cluster: str, fired: datetime, pr
     return bool(await redis.set(key, str(time.time()), nx=True, ex=FIRE_KEY_TTL))
 
 
+def missed_fires(trigger: CronTrigger, *, after: datetime, until: datetime,
+                 limit: int = MAX_MISSED_SCAN) -> tuple[list[datetime], int]:
+    """The fires in (after, until]: the first `limit` of them and how many there are (counted up
+    to `limit`; a longer gap says "at least")."""
+    found: list[datetime] = []
+    candidate = trigger.get_next_fire_time(None, after + timedelta(seconds=1))
+    while candidate is not None and candidate <= until and len(found) < limit:
+        found.append(candidate)
+        candidate = trigger.get_next_fire_time(candidate, candidate + timedelta(seconds=1))
+    return found, len(found)
+
+
+def last_key(cluster: str, *, prefix: str = "etcdbot") -> str:
+    return f"{prefix}:schedule:{cluster}:last"
+
+
+async def mark_fire(redis: aioredis.Redis, *, cluster: str, fired: datetime, prefix: str = "etcdbot") -> None:
+    """Records `fired` as the newest fire some replica saw (never moves it back)."""
+    await redis.eval(_MAX_SET, 1, last_key(cluster, prefix=prefix), str(int(fired.timestamp())))  # type: ignore[misc]
+
+
 async def first_refusal_notice(redis: aioredis.Redis, *, cluster: str, refusal: Admission,
                                prefix: str = "etcdbot") -> bool:
     """True the first time a refusal is to be posted: once per refusal period (its `until`, e.g.
@@ -106,17 +138,6 @@ def refusal_line(*, cluster: str, refusal: Admission) -> str:
     return f":no_entry: The scheduled backup of `{cluster}` was refused: {refusal.message} {refusal.next_action}".rstrip()
 
 
-def failure_line(*, cluster: str, run_id: str, state: str, error: str, next_fire: datetime | None) -> str:
-    """The one line added under a failed scheduled run: what happened and what to do."""
-    why = f": {error}" if error else ""
-    after = f" The next scheduled backup is {slack_time(next_fire.timestamp())}." if next_fire else ""
-    return (
-        f":x: The scheduled backup of `{cluster}` (run `{run_id}`) {state}{why}. Check the cluster with "
-        f"`/etcd-status {cluster}`, follow the run's last step, then take a backup by hand with "
-        f"`/etcd-backup {cluster}`.{after}"
-    )
-
-
 @dataclass
 class BackupScheduler:
     """One APScheduler per process, one job per scheduled cluster (`backup:<cluster>`)."""
@@ -128,10 +149,14 @@ class BackupScheduler:
     redis: aioredis.Redis
     procedure: Callable[[], Procedure]
     prefix: str = "etcdbot"
+    catalogue: Catalogue | None = None  # the success line reads the run's backup from it
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         self._scheduler: AsyncIOScheduler | None = None
         self._triggers: dict[str, CronTrigger] = {}
+        if self.notifier is None:
+            self.notifier = Notifier(settings=self.settings, sender=self.sender)
 
     def start(self) -> None:
         """Adds the jobs and starts the scheduler on the running loop; nothing if no cluster has a schedule."""
@@ -154,14 +179,10 @@ class BackupScheduler:
                 max_instances=1,  # a fire while the last one still follows its run is skipped (the lock would refuse it)
             )
             log.info("schedule.added", cluster=cluster.name, cron=expression, timezone=cluster.timezone)
-            missed = fire_time(trigger, now=datetime.now(UTC))
-            if missed is not None:
-                # A bot (re)started within the grace window after a fire may have missed it: the
-                # in-memory job store cannot know. Fire once now; claim_fire() makes it a no-op
-                # when this or another replica already acted on that fire.
-                scheduler.add_job(self.fire, "date", args=(cluster.name,), id=f"{JOB_PREFIX}{cluster.name}:catch-up",
-                                  replace_existing=True, misfire_grace_time=int(MISFIRE_GRACE.total_seconds()))
-                log.info("schedule.catch_up", cluster=cluster.name, missed=missed.isoformat())
+            # What happened while no bot ran: fires to report, and the latest one (within the
+            # grace window) to take now; claims make both no-ops when another replica did them.
+            scheduler.add_job(self.at_start, "date", args=(cluster.name,), id=f"{JOB_PREFIX}{cluster.name}:catch-up",
+                              replace_existing=True, misfire_grace_time=int(MISFIRE_GRACE.total_seconds()))
         if not self._triggers:
             return
         scheduler.start()
@@ -180,6 +201,43 @@ class BackupScheduler:
         trigger = self._triggers.get(cluster)
         return trigger.get_next_fire_time(None, after + timedelta(seconds=1)) if trigger else None
 
+    async def at_start(self, cluster_name: str) -> None:
+        """Once at start: says which fires no bot acted on since the newest one any replica saw
+        (once across replicas, however long ago), then takes the latest if it is within the grace
+        window and no replica took it. Never raises."""
+        cluster = self.settings.cluster(cluster_name)
+        trigger = self._triggers.get(cluster_name)
+        if cluster is None or trigger is None:
+            return
+        now = datetime.now(UTC)
+        try:
+            raw = await self.redis.get(last_key(cluster_name, prefix=self.prefix))
+            missed: list[datetime] = []
+            total = 0
+            if raw is not None:
+                after = datetime.fromtimestamp(int(raw), UTC)
+                missed, total = await asyncio.to_thread(missed_fires, trigger, after=after, until=now)
+            catch_up = fire_time(trigger, now=now)
+            claimed = catch_up is not None and await claim_fire(self.redis, cluster=cluster_name, fired=catch_up,
+                                                                prefix=self.prefix)
+            if missed:
+                metrics.scheduled_backup(cluster=cluster_name, outcome="missed")
+                key = f"{self.prefix}:schedule:{cluster_name}:missed:{int(missed[0].timestamp())}"
+                if await self.redis.set(key, "1", nx=True, ex=FIRE_KEY_TTL):
+                    assert self.notifier is not None
+                    log.warning("schedule.missed", cluster=cluster_name, fires=total, first=missed[0].isoformat(),
+                                last=missed[-1].isoformat())
+                    await self.notifier.post(cluster, missed_line(
+                        cluster=cluster_name, fires=missed, total=total, catch_up=catch_up is not None,
+                        mention=await self.notifier.mention(cluster)))
+            newest = max([*missed, *([catch_up] if catch_up else [])], default=now)
+            await mark_fire(self.redis, cluster=cluster_name, fired=newest, prefix=self.prefix)
+            if claimed:
+                log.info("schedule.catch_up", cluster=cluster_name, missed=catch_up.isoformat() if catch_up else "")
+                await self._backup(cluster, now=now)
+        except Exception:
+            log.exception("schedule.at_start_error", cluster=cluster_name)
+
     async def fire(self, cluster_name: str) -> None:
         """One scheduled fire for one cluster. Never raises: an error is logged, counted and posted."""
         cluster = self.settings.cluster(cluster_name)
@@ -189,6 +247,7 @@ class BackupScheduler:
         now = datetime.now(UTC)
         fired = fire_time(trigger, now=now) or now.replace(second=0, microsecond=0)
         try:
+            await mark_fire(self.redis, cluster=cluster_name, fired=fired, prefix=self.prefix)
             if not await claim_fire(self.redis, cluster=cluster_name, fired=fired, prefix=self.prefix):
                 log.info("schedule.taken_elsewhere", cluster=cluster_name, fired=fired.isoformat())
                 metrics.scheduled_backup(cluster=cluster_name, outcome="duplicate")
@@ -201,12 +260,15 @@ class BackupScheduler:
                                      f"{type(exc).__name__}: {exc}. Take one by hand with `/etcd-backup {cluster_name}`.")
 
     async def _start(self, cluster: ClusterSettings) -> Run | Busy | Admission:
+        return await self.start_backup(cluster, requester=REQUESTER)
+
+    async def start_backup(self, cluster: ClusterSettings, *, requester: str) -> Run | Busy | Admission:
         """The runner's start, as a person's; a warning is overridden (the operator chose the
-        schedule), a refusal comes back as it is."""
+        schedule; the document asks for a backup after an upgrade), a refusal comes back as it is."""
         overrides: frozenset[str] = frozenset()
         for _ in range(4):  # each round overrides one more warning; a procedure has few
             result = await self.runner.start(self.procedure(), cluster=cluster.name, parameters={},
-                                             requester=REQUESTER, channel=cluster.channels[0], overrides=overrides)
+                                             requester=requester, channel=cluster.channels[0], overrides=overrides)
             if not (isinstance(result, Admission) and result.verdict is Verdict.WARN and result.override
                     and result.override not in overrides):
                 return result
@@ -238,9 +300,24 @@ class BackupScheduler:
             return  # the run goes on; its own message reports the end
         state = run.state if run is not None else None
         metrics.scheduled_backup(cluster=name, outcome=state.value if state else "error")
-        if run is not None and state in (RunState.FAILED, RunState.ABORTED):
-            await self._say(cluster, failure_line(cluster=name, run_id=run.id, state=run.state.value,
-                                                  error=run.error, next_fire=self.next_fire(name, after=now)))
+        await self.report(cluster, run, next_fire=self.next_fire(name, after=datetime.now(UTC)))
+
+    async def report(self, cluster: ClusterSettings, run: Run | None, *, next_fire: datetime | None,
+                     what: str = "scheduled backup") -> None:
+        """The one line after a bot-started backup: success with the facts, or failure with the
+        step, what to do and the on-call group (an interrupted run says nothing: Resume is offered)."""
+        assert self.notifier is not None
+        if run is None:
+            return
+        if run.state is RunState.SUCCEEDED:
+            record = await self.catalogue.by_run(cluster=cluster.name, run_id=run.id) if self.catalogue else None
+            if what == "scheduled backup":
+                await self.notifier.post(cluster, success_line(cluster=cluster.name, record=record, run=run,
+                                                               next_fire=next_fire))
+        elif run.state in (RunState.FAILED, RunState.ABORTED):
+            await self.notifier.post(cluster, failure_line(
+                cluster=cluster.name, run=run, mention=await self.notifier.mention(cluster), next_fire=next_fire,
+                what=what))
 
     async def _say(self, cluster: ClusterSettings, text: str) -> None:
         if cluster.channels:

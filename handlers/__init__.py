@@ -26,8 +26,9 @@ def register(app: AsyncApp, *, settings: Settings, clusters: Clusters, authorize
     """Registers the commands this package implements; returns their names (for /etcd-help).
     Procedures (`/etcd-backup`, runs and their buttons) need `services` (the runner and the store)."""
     authorize = authorization_middleware(authorizer)
+    note = services.watch.status_note if services is not None and services.watch is not None else None
     app.command(status.SPEC.command, middleware=[authorize])(
-        counted(status.SPEC.command, status.make_handler(settings=settings, clusters=clusters)))
+        counted(status.SPEC.command, status.make_handler(settings=settings, clusters=clusters, note=note)))
     available = {status.SPEC.command, "/etcd-help"}
     if services is not None:
         available |= _register_procedures(app, settings=settings, clusters=clusters, authorizer=authorizer,
@@ -65,6 +66,8 @@ def _register_procedures(app: AsyncApp, *, settings: Settings, clusters: Cluster
                                             authorizer=authorizer)
     available = procedures.register(app, commands=commands, registrations=registrations(),
                                     middleware=[authorization_middleware(authorizer)])
-    available |= backup.register(app, commands=backup.BackupCommands(settings=settings, catalogue=services.catalogue),
+    available |= backup.register(app, commands=backup.BackupCommands(settings=settings, catalogue=services.catalogue,
+                                                                     runner=services.runner,
+                                                                     procedure=services.procedure),
                                  middleware=[authorization_middleware(authorizer)])
     return available | {"/etcd-runs", "/etcd-abort"}

@@ -44,10 +44,13 @@ class CommandSpec:
     command: str
     args: tuple[Arg, ...] = ()
     flags: frozenset[str] = field(default_factory=frozenset)
+    # Options that take a value (`--recovery-host NODE` or `--recovery-host=NODE`): flag -> its Arg.
+    options: tuple[tuple[str, Arg], ...] = ()
 
     @property
     def usage(self) -> str:
         parts = [self.command, *(f"[{a.name}]" if a.optional else f"<{a.name}>" for a in self.args)]
+        parts += [f"[{flag} {arg.name.upper()}]" for flag, arg in self.options]
         parts += [f"[{f}]" for f in sorted(self.flags)]
         return " ".join(parts)
 
@@ -70,7 +73,7 @@ def parse_args(text: str | None, *, spec: CommandSpec) -> ParsedCommand:
     text = (text or "").strip()
     if len(text) > MAX_TEXT:
         raise UsageError(f"That is too long for `{spec.command}`. Usage: `{spec.usage}`")
-    words = text.split()
+    words, values = _take_options(text.split(), spec=spec)
     flags = frozenset(w for w in words if w.startswith("--"))
     unknown = sorted(flags - spec.flags)
     if unknown:
@@ -82,7 +85,6 @@ def parse_args(text: str | None, *, spec: CommandSpec) -> ParsedCommand:
             f"`{spec.command}` takes {_count(spec)}; I do not know what to do with `{_clip(extra)}`. "
             f"Usage: `{spec.usage}`, e.g. `{spec.example}`"
         )
-    values: dict[str, str] = {}
     required = [a for a in spec.args if not a.optional]
     if len(words) < len(required):
         missing = required[len(words)]
@@ -95,6 +97,36 @@ def parse_args(text: str | None, *, spec: CommandSpec) -> ParsedCommand:
             )
         values[arg.name] = word
     return ParsedCommand(values=values, flags=flags)
+
+
+def _take_options(words: list[str], *, spec: CommandSpec) -> tuple[list[str], dict[str, str]]:
+    """The words left once each option and its value are taken out, and the values (by the
+    option's Arg name), each checked against its pattern."""
+    options = dict(spec.options)
+    left: list[str] = []
+    values: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        flag, eq, inline = word.partition("=")
+        arg = options.get(flag)
+        if arg is None:
+            left.append(word)
+            index += 1
+            continue
+        if eq:
+            value, index = inline, index + 1
+        elif index + 1 < len(words) and not words[index + 1].startswith("--"):
+            value, index = words[index + 1], index + 2
+        else:
+            raise UsageError(f"`{flag}` needs a {arg.name}, e.g. `{flag} {arg.example}`. Usage: `{spec.usage}`")
+        if not arg.pattern.fullmatch(value):
+            raise UsageError(f"`{_clip(value)}` is not a valid {arg.name}. Usage: `{spec.usage}`, e.g. "
+                             f"`{spec.command} {flag} {arg.example}`")
+        if arg.name in values:
+            raise UsageError(f"`{flag}` is given twice. Usage: `{spec.usage}`")
+        values[arg.name] = value
+    return left, values
 
 
 def _count(spec: CommandSpec) -> str:

@@ -48,8 +48,9 @@ ProcedureFactory = Callable[[str, Mapping[str, Any]], Procedure]
 
 def spec_of(registration: Registration) -> CommandSpec:
     """The command's usage: the procedure's own arguments, then the optional cluster, `--dry-run`."""
-    args = tuple(Arg(p.name, p.pattern, p.example, optional=p.optional) for p in registration.params)
-    return CommandSpec(registration.command, (*args, CLUSTER_ARG), flags=frozenset({DRY_RUN}))
+    args = tuple(Arg(p.name, p.pattern, p.example, optional=p.optional) for p in registration.params if not p.flag)
+    options = tuple((p.flag, Arg(p.name, p.pattern, p.example, optional=True)) for p in registration.params if p.flag)
+    return CommandSpec(registration.command, (*args, CLUSTER_ARG), flags=frozenset({DRY_RUN}), options=options)
 
 
 def _utc(epoch: float) -> str:

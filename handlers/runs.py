@@ -20,6 +20,8 @@ from slack_sdk.models.blocks import Block, MarkdownTextObject, SectionBlock
 from bot.audit import RunSummary
 from bot.progress import slack_time
 from bot.runner import Runner
+from bot.slacktext import escape
+from bot.store import Quarantined
 from handlers.common import counted
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -36,17 +38,27 @@ STATE_ICONS = {
 }
 
 
-def render_runs(*, cluster: str, runs: Sequence[RunSummary]) -> list[Block]:
+def render_runs(*, cluster: str, runs: Sequence[RunSummary], quarantined: Sequence[Quarantined] = ()) -> list[Block]:
+    blocks: list[Block] = []
     if not runs:
-        return [SectionBlock(text=MarkdownTextObject(text=f"No runs on `{cluster}` yet."))]
-    lines = [f"*Recent runs on `{cluster}`*"]
-    for run in runs:
-        icon = STATE_ICONS.get(run.state, ":grey_question:")
-        lines.append(
-            f"{icon} `{run.run_id}` {run.procedure} · {run.state.replace('_', ' ')} · "
-            f"by <@{run.requester}> {slack_time(run.started_at)}"
-        )
-    return [SectionBlock(text=MarkdownTextObject(text="\n".join(lines)[:3000]))]
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"No runs on `{cluster}` yet.")))
+    else:
+        lines = [f"*Recent runs on `{cluster}`*"]
+        for run in runs:
+            icon = STATE_ICONS.get(run.state, ":grey_question:")
+            lines.append(
+                f"{icon} `{run.run_id}` {run.procedure} · {run.state.replace('_', ' ')} · "
+                f"by <@{run.requester}> {slack_time(run.started_at)}"
+            )
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(lines)[:3000])))
+    if quarantined:
+        lines = [":biohazard_sign: *Records that could not be read, moved aside* (the bot ignores them; "
+                 "inspect them with redis-cli, then delete them)"]
+        for note in quarantined:
+            lines.append(f"• {note.kind} `{escape(note.record_id)}` {slack_time(note.at)}: {escape(note.reason[:200])} "
+                         f"→ `{escape(note.moved_to or 'gone')}`")
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(lines)[:3000])))
+    return blocks
 
 
 def _action_value(body: dict[str, Any]) -> str:
@@ -70,7 +82,9 @@ def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver 
             return
         await ack()
         summaries = await runner.recent_runs(cluster=cluster, limit=10)
-        await respond(text=f"Recent runs on {cluster}", blocks=render_runs(cluster=cluster, runs=summaries))
+        aside = await runner.quarantined(cluster=cluster, limit=5)
+        await respond(text=f"Recent runs on {cluster}",
+                      blocks=render_runs(cluster=cluster, runs=summaries, quarantined=aside))
 
     async def abort_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
         run_id = (command.get("text") or "").strip()
@@ -106,13 +120,12 @@ def register(app: AsyncApp, *, runner: Runner, resolve_cluster: ClusterResolver 
         await ack()
         try:
             value = json.loads(_action_value(body))
-            run_id, step_id, params_hash = str(value["run"]), str(value["step"]), str(value["hash"])
+            request_id, digest = str(value["req"]), str(value["digest"])
         except (ValueError, KeyError, TypeError):
             await respond(text="This button carries no approval I can read.", replace_original=False)
             return
-        answer = await runner.decide_approval(
-            run_id=run_id, step_id=step_id, params_hash=params_hash, approve=approve, by=body["user"]["id"]
-        )
+        answer = await runner.decide_approval(request_id=request_id, digest=digest, approve=approve,
+                                              by=body["user"]["id"])
         await respond(text=answer.message, replace_original=False, response_type="ephemeral")
 
     @app.action("approval_approve")

@@ -166,7 +166,9 @@ class RenderedOnce:
         return self._last[1], self._last[2]
 
 
-def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awaitable[None]]:
+def make_handler(*, settings: Settings, clusters: Clusters,
+                 note: Callable[[str], Awaitable[str | None]] | None = None) -> Callable[..., Awaitable[None]]:
+    """`note(cluster)`: a line added below the diagnosis (the backup-age warning of bot/watch.py)."""
     rendered = RenderedOnce()
 
     async def handle_status(ack: Callable[..., Awaitable[Any]], command: dict[str, Any], client: Any,
@@ -180,6 +182,10 @@ def make_handler(*, settings: Settings, clusters: Clusters) -> Callable[..., Awa
         report: StatusReport = await clusters.status(cluster)
         await ACKS.settled()  # render and post after the acks of a burst, not between them
         blocks, text = rendered(report)
+        extra = await note(cluster) if note is not None else None
+        if extra:  # a copy: the rendered blocks are shared by every ask of this report
+            blocks = [*blocks[:3], SectionBlock(text=MarkdownTextObject(text=f":warning: *Backups:* {escape(extra)}")).to_dict(),
+                      *blocks[3:]]
         log.info("status.done", cluster=cluster, state=report.diagnosis.state.value,
                  sources={s.name: s.state.value for s in report.facts.sources})
         try:

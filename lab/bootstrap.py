@@ -214,7 +214,8 @@ def env_lines(spec: LabSpec) -> list[str]:
         "kubeconfig": str(spec.path / "kubeconfig"),
         "channels": ["C0INCIDENT"],
         "ssh": {"user": "core", "private_key": str(paths["key"]), "known_hosts": str(paths["known_hosts"]),
-                "hosts": {m.node: f"127.0.0.1:{m.ssh_port}" for m in spec.masters}},
+                "hosts": {m.node: f"127.0.0.1:{m.ssh_port}" for m in spec.masters},
+                "workers": {w.node: f"127.0.0.1:{w.ssh_port}" for w in spec.workers}},
         "peak_hours": "09:00-17:00",
         "timezone": "UTC",
     }

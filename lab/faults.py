@@ -148,7 +148,7 @@ async def _apply_node(daemon: LabDaemon, kind: str, host: Host) -> str:
     kubelet = host.kubelet
     if kind == "stop-machine":
         await daemon.power_off(host, instance_state="stopped")
-        return f"machine {host.master.machine} stopped: {host.node} is powered off"
+        return f"machine {host.spec.machine} stopped: {host.node} is powered off"
     if kind == "node-notready":
         kubelet.frozen = True
         kubelet.held.add("etcd")

@@ -302,6 +302,10 @@ def initial_objects(spec: LabSpec) -> list[tuple[str, dict[str, Any]]]:
     out.append(("clusterversions", cluster_version(spec)))
     out.append(("proxies", {"apiVersion": "config.openshift.io/v1", "kind": "Proxy",
                             "metadata": meta("cluster", created=t0), "spec": {"trustedCA": {"name": ""}}, "status": {}}))
+    # etcd encryption is off at install (`oc patch apiserver cluster` turns it on, e.g. aescbc).
+    out.append(("apiservers", {"apiVersion": "config.openshift.io/v1", "kind": "APIServer",
+                               "metadata": meta("cluster", created=t0), "spec": {"audit": {"profile": "Default"}},
+                               "status": {}}))
     # Something for "someone deleted something critical": the demo app's config.
     out.append(("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                "metadata": meta("payments-config", namespace="demo", created=t0 + 3600),

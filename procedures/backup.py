@@ -24,8 +24,17 @@ scheduled start alike; each step returns a typed result (`Prerequisites`, `Picke
 listing, `etcdctl snapshot status`, `sha256sum` and removing the run directory go through sudo;
 commands that change the host go through `ctx.hosts.change` (fenced).
 
+After the document's steps, two of the bot's own: a restore drill of the new backup on the
+bot's machine (bot/drill.py through `BackupStore.prove`: the snapshot restored into a scratch
+etcd on loopback, its revision, key count and ClusterVersion read back and checked against the
+metadata; a backup is "drilled" only after this passed, and a failed drill fails the run, so
+nobody counts on that backup), then the retention rules (bot/retention.py, applied by
+bot/pruning.py; never the newest drilled backup, the newest of the current version, or one a
+run uses), only after a passed drill.
+
 Steps are safe to repeat (Resume after a crash): the script step clears its run directory first,
-the copy step starts from an empty temporary directory, recording is idempotent.
+the copy step starts from an empty temporary directory, recording is idempotent, a drill can be
+run again, retention decides again.
 
 Pure helpers (install time, peak hours, proxy env, encryption, candidates, etcdctl/sha256sum
 parsing, commands) are module functions, unit-tested without a cluster.
@@ -62,6 +71,8 @@ from bot.procedure import (
     StepResult,
     register,
 )
+from bot.pruning import apply_prune, plan_prune, rules_text
+from bot.retention import RetentionRules
 from procedures.facts import ClusterFacts
 from procedures.status import gather_facts
 
@@ -78,6 +89,7 @@ PROXY_VALUE_RE = re.compile(r"^[A-Za-z0-9:/._,@%*=+~\[\]-]{1,4096}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COMMAND_TIMEOUT = 60.0
 SCRIPT_TIMEOUT = 600.0
+DRILL_STEP_TIMEOUT = 6 * 3600 + 600.0  # above any ETCDBOT_DRILL_TIMEOUT, plus the checksum; the driller enforces its own
 
 S_PREREQS = StepId("ch1.check-prerequisites")
 S_PICK = StepId("ch1.pick-master")
@@ -86,6 +98,8 @@ S_VERIFY = StepId("ch1.verify-snapshot")
 S_COPY = StepId("ch1.copy-off-host")
 S_RECORD = StepId("ch1.record-metadata")
 S_CLEAN = StepId("ch1.clean-host")
+S_DRILL = StepId("ch1.drill")
+S_RETENTION = StepId("ch1.retention")
 PEAK_OVERRIDE = "peak-hours"  # the admission warning a person (or the schedule) may override
 
 
@@ -439,6 +453,21 @@ class RecordedBackup:
     path: str
 
 
+@dataclass(frozen=True)
+class DrilledBackup:
+    backup_id: str
+    ok: bool
+    seconds: float
+    revision: int
+    keys: int
+
+
+@dataclass(frozen=True)
+class Pruned:
+    deleted: tuple[str, ...]
+    kept: int
+
+
 # ---- the steps ------------------------------------------------------------------------------
 
 
@@ -448,10 +477,14 @@ def _fail_text(result: CommandResult) -> str:
     return (result.stderr.strip() or result.stdout.strip())[-300:] or f"exit code {result.rc}"
 
 
-def _store(ctx: StepContext) -> tuple[BackupStore, Catalogue]:
+def backup_store(ctx: StepContext) -> tuple[BackupStore, Catalogue]:
+    """The run's backup store and catalogue (also for procedures/verify.py and procedures/prune.py)."""
     if ctx.store is None or ctx.catalogue is None:
         raise StepFailed("internal: this run has no backup store", next_action="Check ETCDBOT_BACKUP_DIR and restart the bot.")
     return ctx.store, ctx.catalogue
+
+
+_store = backup_store
 
 
 async def check_prerequisites(ctx: StepContext) -> StepResult:
@@ -714,7 +747,8 @@ async def record_metadata(ctx: StepContext) -> StepResult:
         id=backup_id, cluster=ctx.cluster_name, version=ctx.result(S_PREREQS, Prerequisites).version,
         revision=verified.revision, total_keys=verified.total_keys, snapshot_hash=verified.hash,
         snapshot_size=verified.total_size, files=tuple(files), host=made.host, started_at=made.started_at,
-        finished_at=time.time(), run_id=ctx.run_id, requester=ctx.requester, verified=True,
+        finished_at=time.time(), run_id=ctx.run_id, requester=ctx.requester,
+        verified=all(info.sha256 == verified.sha256.get(name) for name, info in copied.files.items()),
         encrypted=copied.encrypted, host_dir=made.dir,
     )
     try:
@@ -752,6 +786,94 @@ def _clean_plan(ctx: StepContext) -> list[PlannedCommand]:
     return [PlannedCommand(f"ssh core@{node}", shell_command(clear_dir_command(_plan_dir(ctx))))]
 
 
+async def stored_record(ctx: StepContext, backup_id: str) -> BackupRecord:
+    """A backup of this cluster, from the catalogue, else from the store on disk (the truth)."""
+    store, catalogue = _store(ctx)
+    record = await catalogue.get(backup_id)
+    if record is None or record.cluster != ctx.cluster_name:
+        record = next((r for r in await asyncio.to_thread(store.records, cluster=ctx.cluster_name) if r.id == backup_id),
+                      None)
+    if record is None:
+        raise StepFailed(f"there is no backup `{backup_id}` of `{ctx.cluster_name}` in the store",
+                         next_action=f"`/etcd-backups {ctx.cluster_name}` lists the stored backups.")
+    return record
+
+
+async def prove_backup(ctx: StepContext, record: BackupRecord) -> StepResult:
+    """The restore drill of one stored backup, recorded beside it; a failed drill fails the step."""
+    store, catalogue = _store(ctx)
+    await ctx.heartbeat(f"restore drill of `{record.id}`: snapshot restored into a scratch etcd on the bot")
+    try:
+        outcome = await store.prove(record, by=ctx.run_id)
+    except StoreError as exc:
+        raise StepFailed(str(exc), next_action="Set ETCDBOT_DRILL_DIR and restart the bot.") from exc
+    await catalogue.record_drill(store=store, record=record, outcome=outcome, asked_by=ctx.requester)
+    if not outcome.ok:
+        raise StepFailed(
+            f"backup `{record.id}` FAILED its restore drill: {outcome.error}. It is stored, but not drilled: "
+            "do not count on it for a restore",
+            next_action=(f"Take a new backup with `/etcd-backup {ctx.cluster_name}`; check it with "
+                         f"`/etcd-backup-verify <id>`. If drills keep failing, see docs/runbooks/etcd-backup.md."),
+        )
+    return StepResult.of(
+        f"backup `{record.id}` restores: {outcome.summary()}",
+        DrilledBackup(backup_id=record.id, ok=True, seconds=outcome.seconds, revision=outcome.revision,
+                      keys=outcome.keys),
+    )
+
+
+async def drill_backup(ctx: StepContext) -> StepResult:
+    record = await stored_record(ctx, ctx.result(S_RECORD, RecordedBackup).backup_id)
+    return await prove_backup(ctx, record)
+
+
+def drill_plan(ctx: StepContext, *, backup: str = "BACKUP-ID") -> list[PlannedCommand]:
+    work = ctx.settings.drill_dir
+    return [
+        PlannedCommand("bot", f"sha256 of {backup}'s files in the store against its metadata"),
+        PlannedCommand("bot", f"etcdctl snapshot restore snapshot_TS.db --data-dir {work}/drill-XXXX/etcd"),
+        PlannedCommand("bot", "etcd on 127.0.0.1 (free ports) over that directory; etcdctl get: revision, "
+                              "key count, the ClusterVersion object; etcd stopped, the directory removed"),
+        PlannedCommand("bot", f"the drill's time, result and duration written to {backup}'s metadata.json "
+                              "and the catalogue"),
+    ]
+
+
+def _drill_plan(ctx: StepContext) -> list[PlannedCommand]:
+    return drill_plan(ctx)
+
+
+def retention_rules(ctx: StepContext) -> RetentionRules:
+    kept = ctx.settings.retention_of(ctx.cluster)
+    return RetentionRules(last=kept.last, daily=kept.daily, weekly=kept.weekly, monthly=kept.monthly)
+
+
+async def apply_retention(ctx: StepContext) -> StepResult:
+    store, catalogue = _store(ctx)
+    rules = retention_rules(ctx)
+    if not rules.enabled:
+        return StepResult.of("retention is off (ETCDBOT_BACKUP_RETENTION): nothing deleted", Pruned(deleted=(), kept=0))
+    version = ctx.result(S_PREREQS, Prerequisites).version
+    plan = await plan_prune(store=store, catalogue=catalogue, cluster=ctx.cluster_name, rules=rules,
+                            current_version=version, timezone=ctx.cluster.timezone)
+    deleted = await apply_prune(plan, store=store, catalogue=catalogue, actor=ctx.requester or "retention",
+                                run_id=ctx.run_id)
+    names = ", ".join(f"`{r.id}`" for r in deleted)
+    summary = f"deleted {len(deleted)} ({names})" if deleted else "nothing to delete"
+    return StepResult.of(f"{summary}; {len(plan.kept)} kept ({rules_text(rules)})",
+                         Pruned(deleted=tuple(r.id for r in deleted), kept=len(plan.kept)))
+
+
+def _retention_plan(ctx: StepContext) -> list[PlannedCommand]:
+    root = ctx.store.root if ctx.store is not None else "BACKUP-DIR"
+    rules = retention_rules(ctx)
+    if not rules.enabled:
+        return [PlannedCommand("bot", "retention is off (ETCDBOT_BACKUP_RETENTION): nothing is deleted")]
+    return [PlannedCommand("bot", f"keep {rules_text(rules)}, the newest drilled backup, the newest of this "
+                                  f"version and any a run uses; delete the rest from {root}/{ctx.cluster_name} "
+                                  "(each deletion in the audit stream); `/etcd-backups prune --dry-run` lists them")]
+
+
 def _prereq_plan(_ctx: StepContext) -> list[PlannedCommand]:
     return [PlannedCommand("api", "oc get clusterversion version -o json; oc get apiserver cluster -o json")]
 
@@ -774,6 +896,11 @@ STEPS: tuple[Step, ...] = (
          _record_plan, timeout=60, safe_to_repeat=True),
     Step(S_CLEAN, "Remove the backup files from the master", StepKind.CHANGE, clean_host, _clean_plan,
          timeout=COMMAND_TIMEOUT + 10, retries=2, safe_to_repeat=True),
+    # The bot's own: prove the backup restores (on the bot, no cluster touched), then retention.
+    Step(S_DRILL, "Prove the backup restores: a restore drill into a scratch etcd on the bot", StepKind.READ,
+         drill_backup, _drill_plan, timeout=DRILL_STEP_TIMEOUT, safe_to_repeat=True),
+    Step(S_RETENTION, "Apply the retention rules to the backup store", StepKind.CHANGE, apply_retention,
+         _retention_plan, timeout=300, safe_to_repeat=True),
 )
 
 

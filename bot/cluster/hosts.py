@@ -75,7 +75,8 @@ def shell_command(argv: Sequence[str]) -> str:
 
 
 class Hosts:
-    """The masters of one cluster, reachable by node name.
+    """The masters of one cluster, reachable by node name; and its workers, which only a step
+    that names one reaches (`nodes` is the masters: everything etcd-related means them).
 
     `run` keeps one SSH connection per master open between commands (each command is a channel
     on it): a handshake costs a key exchange and, on a loaded master, a good part of a second,
@@ -89,8 +90,9 @@ class Hosts:
     CHANNELS_PER_HOST = 8
     KEEPALIVE = 15.0
 
-    def __init__(self, targets: Mapping[str, SshTarget]) -> None:
+    def __init__(self, targets: Mapping[str, SshTarget], *, workers: Mapping[str, SshTarget] | None = None) -> None:
         self._targets = dict(targets)
+        self._workers = {k: v for k, v in (workers or {}).items() if k not in self._targets}
         self._pool: dict[str, Any] = {}
         self._opening: dict[str, asyncio.Future[Any]] = {}
         self._channels: dict[str, asyncio.Semaphore] = {}
@@ -98,13 +100,20 @@ class Hosts:
 
     @property
     def nodes(self) -> tuple[str, ...]:
+        """The masters."""
         return tuple(self._targets)
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """The worker nodes with an SSH address (`ssh.workers`)."""
+        return tuple(self._workers)
 
     def target(self, node: str) -> SshTarget:
         try:
-            return self._targets[node]
+            return self._targets[node] if node in self._targets else self._workers[node]
         except KeyError:
-            raise KeyError(f"no SSH address for {node}; known: {', '.join(self._targets) or 'none'}") from None
+            known = ", ".join((*self._targets, *self._workers)) or "none"
+            raise KeyError(f"no SSH address for {node}; known: {known}") from None
 
     async def run(self, *, node: str, argv: Sequence[str], timeout: float) -> CommandResult:
         """Runs one command on one master; never raises for connection or command failures."""

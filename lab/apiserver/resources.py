@@ -99,6 +99,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("clusteroperators", "clusteroperator", "ClusterOperator", _CONFIG, ("v1",), False, ("co",)),
     Resource("clusterversions", "clusterversion", "ClusterVersion", _CONFIG, ("v1",), False),
     Resource("proxies", "proxy", "Proxy", _CONFIG, ("v1",), False),
+    Resource("apiservers", "apiserver", "APIServer", _CONFIG, ("v1",), False),
     Resource(
         "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest",
         "certificates.k8s.io", ("v1", "v1beta1"), False, ("csr",), ("status", "approval"),

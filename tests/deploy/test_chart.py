@@ -28,7 +28,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "existing-secret": {"existingSecret": "etcdbot-slack-and-ssh"},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "http-mode": {"slack": {"mode": "http"}, "route": {"enabled": True, "host": "etcdbot.apps.example.com"}},
-    "two-replicas": {"replicaCount": 2, "backups": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
+    "two-replicas": {"replicaCount": 2, "backups": {"persistence": {"accessModes": ["ReadWriteMany"]},
+                                                    "keys": {"persistence": {"accessModes": ["ReadWriteMany"]}}}},
     "openshift": {"openshift": True},
     "redis-password": {"redis": {"auth": {"password": REDIS_PASSWORD}}},
     "full": {
@@ -44,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             {"name": "local", "channels": ["C0LOCAL"]},
         ],
         "backups": {"schedule": "30 2 * * *"},
+        "notifications": {"oncallUsergroup": "etcd-oncall"},
         "logLevel": "DEBUG",
         "extraConfig": {"ETCDBOT_EXTRA_FLAG": "on"},
     },
@@ -54,6 +56,9 @@ ALL_SETTINGS = {
     "ETCDBOT_SLACK_MODE", "ETCDBOT_HTTP_PORT", "ETCDBOT_HEALTH_PORT", "ETCDBOT_REDIS_URL", "ETCDBOT_BACKUP_DIR",
     "ETCDBOT_LOG_LEVEL", "ETCDBOT_ALLOWED_USERS", "ETCDBOT_ALLOWED_USERGROUP", "ETCDBOT_APPROVER_USERGROUP",
     "ETCDBOT_CLUSTERS", "ETCDBOT_BACKUP_SCHEDULE", "ETCDBOT_REDIS_PASSWORD",
+    "ETCDBOT_BACKUP_KEYS_DIR", "ETCDBOT_DRILL_DIR", "ETCDBOT_DRILL_TIMEOUT", "ETCDBOT_BACKUP_RETENTION",
+    "ETCDBOT_MAX_BACKUP_AGE", "ETCDBOT_ONCALL_USERGROUP", "ETCDBOT_WATCH_INTERVAL",
+    "ETCDBOT_APPROVER_USERS", "ETCDBOT_APPROVALS_REQUIRED", "ETCDBOT_APPROVAL_EXPIRY", "ETCDBOT_APPROVAL_SECRET",
 }
 SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLACK_SIGNING_SECRET"}
 
@@ -61,12 +66,14 @@ SECRET_ENV = {"ETCDBOT_SLACK_BOT_TOKEN", "ETCDBOT_SLACK_APP_TOKEN", "ETCDBOT_SLA
 CLUSTER = ""
 EXPECTED_RBAC = {
     *{(CLUSTER, "", "nodes", v, ()) for v in ("get", "list")},
+    (CLUSTER, "", "namespaces", "get", ("kube-system",)),
     *{(CLUSTER, "operator.openshift.io", r, "list", ())
       for r in ("etcds", "kubeapiservers", "kubecontrollermanagers", "kubeschedulers")},
     *{(CLUSTER, "operator.openshift.io", r, v, ("cluster",))
       for r in ("etcds", "kubeapiservers", "kubecontrollermanagers", "kubeschedulers") for v in ("get", "patch")},
     *{(CLUSTER, "config.openshift.io", r, v, ())
       for r in ("clusteroperators", "clusterversions", "proxies") for v in ("get", "list")},
+    (CLUSTER, "config.openshift.io", "apiservers", "get", ("cluster",)),  # etcd encryption on or off
     *{(CLUSTER, "certificates.k8s.io", "certificatesigningrequests", v, ()) for v in ("get", "list")},
     (CLUSTER, "certificates.k8s.io", "certificatesigningrequests/approval", "update", ()),
     (CLUSTER, "certificates.k8s.io", "signers", "approve",
@@ -206,6 +213,8 @@ def test_secret_holds_the_secret_values(rendered: dict[str, list[dict[str, Any]]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
     generated = decoded.pop("redis-password")
     assert len(generated) == 32 and generated.isalnum(), "the bundled Redis gets a random password by default"
+    hmac_key = decoded.pop("approval-secret")
+    assert len(hmac_key) == 48 and hmac_key.isalnum(), "approval records get a random HMAC key by default"
     assert decoded == {
         "slack-bot-token": FAKE["slackBotToken"],
         "slack-app-token": FAKE["slackAppToken"],
@@ -230,7 +239,9 @@ def test_secret_keys_are_wired(rendered: dict[str, list[dict[str, Any]]], varian
         available = set(one(docs, "Secret", secret_name)["data"])
 
     container = bot_container(docs)
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    node = next(e for e in container["env"] if e["name"] == "NODE_NAME")  # the own-cluster check (bot/cluster/incluster.py)
+    assert node["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert SECRET_ENV <= refs.keys()
     for ref in refs.values():
         assert ref["name"] == secret_name
@@ -240,6 +251,8 @@ def test_secret_keys_are_wired(rendered: dict[str, list[dict[str, Any]]], varian
     assert refs["ETCDBOT_SLACK_BOT_TOKEN"].get("optional") is not True
     assert refs["ETCDBOT_SLACK_APP_TOKEN"].get("optional") is (mode == "http")
     assert refs["ETCDBOT_SLACK_SIGNING_SECRET"].get("optional") is (mode == "socket")
+    # an existing Secret may lack the HMAC key: the bot then derives it from its token
+    assert refs["ETCDBOT_APPROVAL_SECRET"] == {"name": secret_name, "key": "approval-secret", "optional": True}
 
     pod = bot_deployment(docs)["spec"]["template"]["spec"]
     ssh_volume = next(v for v in pod["volumes"] if v["name"] == "ssh")["secret"]
@@ -271,6 +284,9 @@ def test_every_setting_reaches_the_bot(rendered: dict[str, list[dict[str, Any]]]
     assert json.loads(data["ETCDBOT_ALLOWED_USERS"]) == ["U012ABCDEF"]
     assert data["ETCDBOT_ALLOWED_USERGROUP"] == "etcd-operators"
     assert data["ETCDBOT_APPROVER_USERGROUP"] == "etcd-approvers"
+    assert json.loads(data["ETCDBOT_APPROVER_USERS"]) == []
+    assert json.loads(data["ETCDBOT_APPROVALS_REQUIRED"]) == {}
+    assert data["ETCDBOT_APPROVAL_EXPIRY"] == "900"
     assert data["ETCDBOT_EXTRA_FLAG"] == "on"
 
 

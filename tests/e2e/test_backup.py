@@ -54,12 +54,13 @@ def test_backup_by_alice(lab: Lab, first_backup: dict) -> None:
     message = first_backup["message"]
     text = blocks_text(message)
     assert message["state"] == "succeeded", text
-    assert text.count(":white_check_mark: *") == 8, text  # the run and its 7 steps
+    assert text.count(":white_check_mark: *") == 10, text  # the run, the document's 7 steps, the drill, retention
     host = host_of(message)
     stored = stored_backups(lab)
     assert len(stored) == 1
     (backup_id, meta), = stored.items()
     assert meta["host"] == host and meta["version"] == "4.5.2" and meta["verified"] and meta["revision"] > 0
+    assert meta["drill"]["ok"] and meta["drill"]["revision"] == meta["revision"] and meta["drill"]["seconds"] > 0
     assert meta["run_id"] == message["run_id"] and meta["requester"].startswith("U")
     assert f"backup `{backup_id}`" in text
     assert lab.ssh(host, f"sudo ls /home/core/assets/backup/{message['run_id']} 2>&1 || true").stdout.count("No such") == 1
@@ -69,7 +70,7 @@ def test_backup_by_alice(lab: Lab, first_backup: dict) -> None:
     listing = wait_for(lambda: next((blocks_text(m) for m in seen(lab, since=cursor) if "Backups of" in m["text"]), None),
                        timeout=30, what="the catalogue")
     row = next(line for line in listing.splitlines() if line.startswith(backup_id))
-    assert re.search(rf"{backup_id}\s+\S+ \S+\s+4\.5\.2\s+{meta['revision']}\s+.+{host}\s+yes", row), row
+    assert re.search(rf"{backup_id}\s+\S+ \S+\s+\S+ \S+\s+4\.5\.2\s+.+\s+{meta['revision']}\s+yes \(\d+ s\)", row), row
 
 
 def test_a_second_procedure_is_refused_while_the_first_holds_the_lock(lab: Lab, bot: BotProcess,

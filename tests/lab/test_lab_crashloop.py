@@ -51,12 +51,19 @@ def test_logs_previous_crictl_logs_and_backoff_events(lab: Lab) -> None:
     assert backoff["source"] == {"component": "kubelet", "host": node}
 
     # Over SSH, on the node: crictl keeps the dead container and shows the same output.
-    listed = lab.ssh(node, "sudo crictl ps -a --name '^etcd$'").stdout
-    exited = [line.split() for line in listed.splitlines()[1:] if " Exited " in line]
-    assert exited, listed
-    crictl = lab.ssh(node, f"sudo crictl logs {exited[0][0]}", timeout=30)
-    assert WHY in crictl.stdout + crictl.stderr
-    assert "FATA" in lab.ssh(node, f"crictl logs {exited[0][0]}", check=False).stderr  # not without sudo
+    # The kubelet keeps one dead instance per container: a restart between `ps -a` and `logs`
+    # removes the listed one, as on a real node. Ask again until both see the same instance.
+    def exited_logs() -> tuple[str, str] | None:
+        listed = lab.ssh(node, "sudo crictl ps -a --name '^etcd$'").stdout
+        exited = [line.split() for line in listed.splitlines()[1:] if " Exited " in line]
+        if not exited:
+            return None
+        logs = lab.ssh(node, f"sudo crictl logs {exited[0][0]}", timeout=30, check=False)
+        return (exited[0][0], logs.stdout + logs.stderr) if logs.returncode == 0 else None
+
+    container, output = wait_for(exited_logs, timeout=60, what="an exited etcd instance's crictl logs")
+    assert WHY in output
+    assert "FATA" in lab.ssh(node, f"crictl logs {container}", check=False).stderr  # not without sudo
 
     lab.cli("heal")
     wait_for(lambda: lab.members_message() == "3 of 3 members are available", timeout=90, what="heal cures it")

@@ -15,7 +15,7 @@ def test_restore_after_lose_quorum(lab: Lab) -> None:
     recovery = lab.masters[0]
     out = lab.ssh(recovery, "sudo /usr/local/bin/cluster-backup.sh /home/core/assets/backup", timeout=60).stdout
     assert "successfully saved" in out
-    lab.ssh(recovery, "cp -r /home/core/assets/backup /home/core/backup")
+    lab.ssh(recovery, "sudo cp -r /home/core/assets/backup /home/core/backup")  # root's 0600 files
     lab.kubectl("create", "configmap", "made-after-backup", "-n", "demo", "--from-literal=a=b")
     lab.kubectl("delete", "configmap", "payments-config", "-n", "demo")
 

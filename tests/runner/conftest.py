@@ -20,13 +20,13 @@ import redis
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.approvals import Approvals, RedisApprovals, SlackApproverCheck
+from bot.approvals import ApprovalPolicy, Approvals, ApproverSpec, RedisApprovals, SlackApprovers
 from bot.audit import Audit
-from bot.procedure import PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
+from bot.procedure import Fence, PlanFn, PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
 from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
 from bot.runner import Heartbeat, Runner, RunnerPolicy
-from bot.store import Run, RunState
+from bot.store import Run, RunState, connect_redis
 from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace
 
@@ -35,6 +35,8 @@ APP_TOKEN = "xapp-runner-test-app-token"
 SIGNING_SECRET = "runner-test-signing-secret-0123456789"
 CHANNEL = "C0INCIDENT"
 ALICE, BOB, CAROL, DAVE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001"  # bob, carol approve
+APPROVAL_KEY = b"runner-test-approval-key-0123456789abcdef"
+LAB_APPROVERS = ApproverSpec(usergroup="etcd-approvers")
 
 
 def free_port() -> int:
@@ -145,6 +147,7 @@ def step(
     kind: StepKind = StepKind.READ,
     calls: Calls,
     body: StepBody | None = None,
+    plan: PlanFn | None = None,
     **limits: Any,
 ) -> ProcedureStep:
     async def run(ctx: StepContext) -> StepResult:
@@ -153,20 +156,22 @@ def step(
             return await body(ctx)
         return StepResult(summary=f"{step_id} done")
 
-    def plan(ctx: StepContext) -> list[PlannedCommand]:
+    def default_plan(ctx: StepContext) -> list[PlannedCommand]:
         return [PlannedCommand(target="api", command=f"oc get {step_id} --cluster {ctx.parameters.get('cluster', '')}")]
 
     limits.setdefault("safe_to_repeat", True)
-    return ProcedureStep(id=StepId(step_id), title=f"Title of {step_id}", kind=kind, run=run, plan=plan, **limits)
+    return ProcedureStep(id=StepId(step_id), title=f"Title of {step_id}", kind=kind, run=run,
+                         plan=plan or default_plan, **limits)
 
 
 def procedure(name: str, *steps: ProcedureStep) -> Procedure:
     return Procedure(name=name, title=f"Procedure {name}", chapter="9", steps=tuple(steps))
 
 
-def context_factory(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat) -> StepContext:
+def context_factory(*, run: Run, results: dict[StepId, StepResult], heartbeat: Heartbeat, fence: Fence) -> StepContext:
     """No cluster in these tests: the fake steps touch only what they are given."""
     return StepContext(
+        fence=fence,
         run_id=run.id,
         cluster=None,  # type: ignore[arg-type]
         settings=None,  # type: ignore[arg-type]
@@ -213,19 +218,22 @@ class BotFactory:
         instance_id: str,
         policy: RunnerPolicy | None = None,
         expiry: float = 60.0,
+        required: Mapping[str, int] | None = None,
+        approvers: ApproverSpec = LAB_APPROVERS,
         approvals: Approvals | None = None,
+        key: bytes = APPROVAL_KEY,
     ) -> Bot:
         client = AsyncWebClient(token=BOT_TOKEN, base_url=self.workspace.base_url)
-        rds = aioredis.Redis.from_url(self.redis_url)
+        rds = connect_redis(self.redis_url)
         sender = ThrottledSender(client=client, min_interval=0.0)
+        approval_policy = ApprovalPolicy(key=key, expiry=expiry, required=dict(required or {}))
         if approvals is None:
             approvals = RedisApprovals(
                 redis=rds,
                 sender=sender,
-                is_approver=SlackApproverCheck(client=client, usergroup="etcd-approvers"),
-                group="etcd-approvers",
+                approvers=SlackApprovers(client=client, spec_of=lambda _cluster: approvers),
                 audit=Audit(redis=rds),
-                expiry=expiry,
+                policy=approval_policy,
                 poll=1.0,
             )
 
@@ -236,6 +244,7 @@ class BotFactory:
             redis=rds,
             sender=sender,
             approvals=approvals,
+            approval_policy=approval_policy,
             context_factory=context_factory,
             procedures=procedures,
             instance_id=instance_id,

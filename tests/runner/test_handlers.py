@@ -103,7 +103,7 @@ async def test_resume_and_abort_buttons_after_a_crash(make_bot, workspace, lab) 
         return StepResult(summary="s2 done")
 
     proc = make_bot.add(procedure("restore", step("s1", calls=calls), step("s2", calls=calls, body=hang_once)))
-    policy = RunnerPolicy(lock_timeout=5.0, instance_ttl=0.5)
+    policy = RunnerPolicy(lock_timeout=2.0, instance_ttl=0.5)
     first = await make_bot(instance_id="first", policy=policy)
     run = await first.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
     await until(lambda: calls["s2"] == 1, what="s2 to start")
@@ -111,7 +111,7 @@ async def test_resume_and_abort_buttons_after_a_crash(make_bot, workspace, lab) 
     second = await make_bot(instance_id="second", policy=policy)
     handler = await connect(second, workspace)
     try:
-        await until(second.runner.recover_interrupted, timeout=5, what="recovery")
+        await until(second.runner.recover_interrupted, timeout=15, what="recovery (once the lock expired)")
         await second.sender.flush(channel=CHANNEL, ts=run.message_ts)
         pressed = await lab("POST", "press", json={"user": "carol", "action_id": "run_resume", "message_ts": run.message_ts, "channel": CHANNEL})
         assert pressed["ok"], pressed

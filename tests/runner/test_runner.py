@@ -177,7 +177,7 @@ async def test_crash_mid_run_recover_and_resume(make_bot, workspace, rds, safe: 
     await crash(first, run.id)
 
     second = await make_bot(instance_id="second", policy=policy)
-    recovered = await until(second.runner.recover_interrupted, timeout=5, what="the run to be recovered")
+    recovered = await until(second.runner.recover_interrupted, timeout=15, what="the run to be recovered")
     [found] = recovered
     assert found.id == run.id and found.state is RunState.INTERRUPTED and found.owner == "second"
     assert found.step("s1").state is StepState.SUCCEEDED and found.step("s2").state is StepState.INTERRUPTED
@@ -218,7 +218,7 @@ async def test_abort_an_interrupted_run_releases_its_lock(make_bot, workspace, r
     await until(lambda: calls["s2"] == 1, what="s2 to start")
     await crash(first, run.id)
     second = await make_bot(instance_id="second", policy=policy)
-    await until(second.runner.recover_interrupted, timeout=5, what="the run to be recovered")
+    await until(second.runner.recover_interrupted, timeout=15, what="the run to be recovered")
     answer = await second.runner.abort(run.id, by=BOB)
     assert answer.ok and "Done: Title of s1" in answer.message and "Not done: Title of s2" in answer.message
     stored = await wait_state(second, run.id, RunState.ABORTED)

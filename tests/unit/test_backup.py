@@ -5,11 +5,20 @@ the host prints, the commands sent, and the store's all-or-nothing commit."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, time
 
 import pytest
 
-from bot.backups import BackupRecord, BackupStore, StoredFile, StoreError, new_backup_id, placement
+from bot.backups import (
+    BackupRecord,
+    BackupStore,
+    DrillOutcome,
+    StoredFile,
+    StoreError,
+    new_backup_id,
+    placement,
+)
 from bot.procedure import StepFailed
 from handlers.backup import render_catalogue
 from handlers.procedures import refusal_text
@@ -188,7 +197,17 @@ def test_discard_leaves_nothing(tmp_path) -> None:
 
 def test_catalogue_rendering() -> None:
     files = (StoredFile(name="snapshot_x.db", role="snapshot", size=10, sha256="0" * 64, path="/b/snapshot_x.db"),)
-    text = render_catalogue(cluster="prod", records=[record(files=files)])[0].text.text  # type: ignore[attr-defined]
-    assert "20261125-084322-ab12" in text and "4.5.2" in text and "yes" in text and "m-a" in text
+    plain = record(files=files)
+    drilled = replace(record(run_id="cd34", files=files), finished_at=7200.0,
+                      drill=DrillOutcome(ok=True, at=7300.0, seconds=3.2, revision=95, keys=100))
+    failed = replace(record(run_id="ef56", files=files), drill=DrillOutcome(ok=False, at=7300.0, seconds=1.0,
+                                                                           error="revision 94, the metadata says 95"))
+    blocks = render_catalogue(cluster="prod", records=[drilled, plain, failed], now=3 * 3600.0)
+    text = blocks[0].text.text  # type: ignore[attr-defined]
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("2026")}
+    assert "4.5.2" in lines[drilled.id] and "1970-01-01 02:00" in lines[drilled.id] and "60 min" in lines[drilled.id]
+    assert "yes (3 s)" in lines[drilled.id] and "not yet" in lines[plain.id] and "FAILED" in lines[failed.id]
+    assert "AGE" in text and "REVISION" in text and "DRILLED" in text and "10 B" in lines[plain.id]
+    assert "revision 94, the metadata says 95" in blocks[1].text.text  # type: ignore[attr-defined]
     empty = render_catalogue(cluster="prod", records=[])[0].text.text  # type: ignore[attr-defined]
     assert "/etcd-backup prod" in empty

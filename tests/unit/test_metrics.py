@@ -42,10 +42,11 @@ def test_backup_runs_counted_by_outcome_and_the_newest_stored_backup_wins() -> N
     metrics.run_finished(procedure="backup", outcome="failed", seconds=3, cluster="lab")
     metrics.run_finished(procedure="status", outcome="failed", seconds=3, cluster="lab")
     assert value("etcdbot_backups_total", cluster="lab", outcome="failed") == failed + 1
-    metrics.backup_stored(cluster="lab", size_bytes=1234, finished_at=1700000000.0)
-    metrics.backup_stored(cluster="lab", size_bytes=99, finished_at=1600000000.0)  # an older one, rebuilt
-    assert value("etcdbot_backup_last_success_timestamp_seconds", cluster="lab") == 1700000000.0
-    assert value("etcdbot_backup_bytes", cluster="lab") == 1234
+    # a cluster name of this test's own: the registry is the process's, shared with other tests
+    metrics.backup_stored(cluster="metrics-test", size_bytes=1234, finished_at=1700000000.0)
+    metrics.backup_stored(cluster="metrics-test", size_bytes=99, finished_at=1600000000.0)  # an older one, rebuilt
+    assert value("etcdbot_backup_last_success_timestamp_seconds", cluster="metrics-test") == 1700000000.0
+    assert value("etcdbot_backup_bytes", cluster="metrics-test") == 1234
 
 
 async def test_counted_listener_outcomes() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, check_schedule, load_settings
-from bot.scheduler import failure_line, fire_time, trigger_for
+from bot.scheduler import fire_time, trigger_for
 
 
 def environ(tmp_path: Path, *, schedule: str | None = None, **cluster: object) -> dict[str, str]:
@@ -72,10 +72,3 @@ def test_fire_time_is_the_latest_fire_within_the_grace_window() -> None:
     assert fire_time(nightly, now=datetime(2024, 1, 1, 3, 14, tzinfo=UTC)) == datetime(2024, 1, 1, 3, 0, tzinfo=UTC)
     assert fire_time(nightly, now=datetime(2024, 1, 1, 3, 20, tzinfo=UTC)) is None  # past the 15 min grace
     assert fire_time(nightly, now=datetime(2024, 1, 1, 3, 20, tzinfo=UTC), grace=timedelta(hours=1)) is not None
-
-
-def test_failure_line_says_what_to_do() -> None:
-    line = failure_line(cluster="lab", run_id="ab12cd34", state="failed", error="no master has a healthy etcd member",
-                        next_fire=datetime(2024, 1, 2, 3, 0, tzinfo=UTC))
-    assert "`lab`" in line and "`ab12cd34`" in line and "no master has a healthy etcd member" in line
-    assert "/etcd-status lab" in line and "/etcd-backup lab" in line and "2024-01-02 03:00:00 UTC" in line

@@ -125,3 +125,18 @@ SCC sets itself (or refuses) are dropped. Call with (dict "ctx" $sc "openshift" 
 {{- fail "route.enabled is for slack.mode=http" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The HMAC key of approval records: the value given, else the one already in the release's
+Secret (kept across upgrades, so approvals in flight stay valid), else a new random one. */}}
+{{- define "etcdbot.approvalSecret" -}}
+{{- if .Values.secrets.approvalSecret -}}
+{{- .Values.secrets.approvalSecret -}}
+{{- else -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "etcdbot.fullname" .) -}}
+{{- if and $found $found.data (index $found.data "approval-secret") -}}
+{{- index $found.data "approval-secret" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,56 @@
+"""The cluster's nodes as chapters 3 and 4 read them: `oc get nodes` (name, role, Ready) and the
+addresses a node's serving certificate may name.
+
+Shared by the shutdown (every node, masters and workers, to power off) and the restart check
+(masters Ready first, then workers; the CSR review). Parsing is pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bot.cluster.kube import NODE, KubeClient
+
+ROLE_PREFIX = "node-role.kubernetes.io/"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    role: str  # "master", "worker" (or the node's other role label)
+    ready: bool
+    reason: str = ""  # the Ready condition's reason when not Ready (KubeletNotReady, NodeStatusUnknown)
+    addresses: tuple[str, ...] = ()  # status.addresses: InternalIP, InternalDNS, Hostname...
+
+    @property
+    def status(self) -> str:
+        return "Ready" if self.ready else "NotReady"
+
+    @property
+    def master(self) -> bool:
+        return self.role == "master"
+
+
+def node_view(node: Mapping[str, Any]) -> NodeView:
+    metadata = node.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    roles = sorted(k[len(ROLE_PREFIX):] for k in labels if k.startswith(ROLE_PREFIX))
+    role = "master" if "master" in roles else "worker" if "worker" in roles or not roles else roles[0]
+    status = node.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    addresses = tuple(str(a.get("address")) for a in status.get("addresses") or [] if a.get("address"))
+    return NodeView(name=str(metadata.get("name", "")), role=role, ready=ready.get("status") == "True",
+                    reason="" if ready.get("status") == "True" else str(ready.get("reason") or "no Ready condition"),
+                    addresses=addresses)
+
+
+def in_order(nodes: list[NodeView]) -> list[NodeView]:
+    """Masters first, then the others, each by name (the document checks masters first)."""
+    return sorted(nodes, key=lambda n: (not n.master, n.name))
+
+
+async def list_nodes(kube: KubeClient) -> list[NodeView]:
+    """`oc get nodes`: masters first. Raises KubeError when the API does not answer."""
+    return in_order([node_view(n) for n in await kube.list_objects(NODE)])
