@@ -207,6 +207,17 @@ async def _host_logs(hosts: Hosts, seen: Sequence[HostFacts], *, timeout: float)
         source = f"crictl logs {container[:13]}, via SSH"
         result = await hosts.run(node=host.node, argv=["sudo", "crictl", "logs", "--tail", str(LOG_TAIL), container],
                                  timeout=timeout)
+        if result.rc not in (None, 0) and "not found" in result.stderr.lower():
+            # removed since `crictl ps` (a crashlooping container is replaced at each restart): once more
+            again = await hosts.run(node=host.node, argv=crictl_ps_command(), timeout=timeout)
+            try:
+                newer = host_facts(node=host.node, containers=parse_crictl_ps(again.stdout)).etcd_exited_id
+            except ValueError:  # not crictl's table: keep the first answer
+                newer = None
+            if newer and newer != container and CONTAINER_ID_RE.fullmatch(newer):
+                source = f"crictl logs {newer[:13]}, via SSH"
+                result = await hosts.run(node=host.node,
+                                         argv=["sudo", "crictl", "logs", "--tail", str(LOG_TAIL), newer], timeout=timeout)
         if result.rc is None or result.rc != 0:
             return ContainerLog(node=host.node, source=source,
                                 error=(result.error or result.stderr.strip()[-200:] or f"exit {result.rc}"))

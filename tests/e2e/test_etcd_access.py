@@ -48,6 +48,10 @@ async def clients(cluster: ClusterSettings) -> tuple[KubeClient, Hosts]:
 async def test_through_a_pod_and_over_ssh_the_same_members(lab: Lab, cluster: ClusterSettings) -> None:
     kube, hosts = await clients(cluster)
     try:
+        async def all_started() -> bool:  # a fresh lab's last member may still be starting
+            return len((await Etcd(kube=kube, hosts=None).survey()).health) == 3
+
+        await _until(all_started, what="three started members")
         via_pod = await Etcd(kube=kube, hosts=None).survey()
         via_ssh = await Etcd(kube=None, hosts=hosts).survey()
     finally:
