@@ -17,8 +17,8 @@ log = get_logger("etcdbot.help")
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("/etcd-status", "/etcd-status [cluster]", "members, pods, nodes, machines, operator conditions and a diagnosis"),
     ("/etcd-backup", "/etcd-backup [cluster]", "take an etcd backup from one healthy master (Ch.1)"),
-    ("/etcd-backups", "/etcd-backups [cluster]", "list the stored backups"),
-    ("/etcd-backup-verify", "/etcd-backup-verify <id>", "check a stored backup (checksum, snapshot status)"),
+    ("/etcd-backups", "/etcd-backups [cluster] | prune [--dry-run]", "list the stored backups (drilled or not); prune by the retention rules"),
+    ("/etcd-backup-verify", "/etcd-backup-verify <id>", "drill a stored backup again: its sha256, then a restore into a scratch etcd, checked"),
     ("/etcd-replace-member", "/etcd-replace-member <node> [cluster]", "replace an unhealthy member (Ch.2)"),
     ("/etcd-restore", "/etcd-restore <backup-id> [--recovery-host NODE] [--dry-run] [cluster]",
      "restore to a previous cluster state (Ch.5.3)"),
