@@ -22,7 +22,7 @@ from collections.abc import Iterator
 class AckGate:
     """Counts requests waiting for their ack; `settled()` waits until there are none."""
 
-    def __init__(self, *, quiet: float = 0.1) -> None:
+    def __init__(self, *, quiet: float = 0.25) -> None:
         self.quiet = quiet
         self._pending = 0
         self._last_arrival = float("-inf")
