@@ -10,7 +10,8 @@ Two ways to send:
 - direct: this script signs each command as Slack does (v0 HMAC of the form body) and POSTs it
   to the bot's `/slack/events`; the HTTP response is the ack. Its latency is what Slack measures,
   and a command is lost unless its response is a 200 carrying the ack. Response URLs point at a
-  sink here, so replies the bot sends there (after a 429 on chat.postMessage) are accepted.
+  sink in a process of its own, so replies the bot sends there (after a 429 on chat.postMessage)
+  are accepted without loading the sender.
 - via the lab (`--via-lab`): the lab's workspace delivers the commands (the same signed POSTs)
   and records each ack with its latency, or the `operation_timeout` a person would see. This
   adds the lab's own work (signing, recording, one client session) on the same two cores.
@@ -28,15 +29,17 @@ import asyncio
 import json
 import os
 import re
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,6 +48,56 @@ from lab.slack.client import workspace_root  # noqa: E402
 from lab.slack.signing import signed_headers  # noqa: E402
 from tests.botprocess import Bot, get  # noqa: E402
 from tests.labfixture import Lab, parse_env, start_lab, stop_lab  # noqa: E402
+
+SINK = """
+import sys
+from aiohttp import web
+out = open(sys.argv[2], "a", buffering=1)
+async def reply(request):
+    await request.read()
+    out.write("1\\n")
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_post("/{tail:.*}", reply)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+class ResponseSink:
+    """Where the commands' response_urls point (the bot answers there after a 429 on
+    chat.postMessage), in a process of its own: Slack's endpoint is not in the sender, and its
+    work must not count in the sender's ack latencies."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/response"
+        self._file = Path(tempfile.mkstemp(prefix="etcdbot-bench-sink-")[1])
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ResponseSink:
+        self._proc = subprocess.Popen([sys.executable, "-c", SINK, str(self.port), str(self._file)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the response sink did not start") from None
+                time.sleep(0.05)
+
+    def count(self) -> int:
+        return len(self._file.read_text().splitlines())
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+        self._file.unlink(missing_ok=True)
 
 
 def signed_request(*, secret: str, host: str, port: int, command: str, number: int, response_url: str) -> bytes:
@@ -87,21 +140,10 @@ async def fire_direct(bot: Bot, *, count: int, command: str) -> tuple[list[float
     (as Slack's deliveries do), and its latency runs from opening that connection to the last
     byte of the ack."""
     secret = bot.lab.env["ETCDBOT_SLACK_SIGNING_SECRET"]
-    replies: list[str] = []
-
-    async def sink(request: web.Request) -> web.Response:
-        replies.append(await request.text())
-        return web.Response(text="ok")
-
-    sink_app = web.Application()
-    sink_app.router.add_post("/{tail:.*}", sink)
-    runner = web.AppRunner(sink_app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    sink_url = f"http://127.0.0.1:{runner.addresses[0][1]}/response"
+    sink = ResponseSink().start()
     cursor = int(bot.workspace.transcript(channel="incident")["cursor"])
     host, port = "127.0.0.1", int(bot.lab.env["ETCDBOT_HTTP_PORT"])
-    requests = [signed_request(secret=secret, host=host, port=port, command=command, number=n, response_url=sink_url)
+    requests = [signed_request(secret=secret, host=host, port=port, command=command, number=n, response_url=sink.url)
                 for n in range(count)]
     try:
 
@@ -122,16 +164,18 @@ async def fire_direct(bot: Bot, *, count: int, command: str) -> tuple[list[float
     finally:
         # The bot's work after the acks: every command answered (a status message in the channel,
         # or a reply through its response_url after a 429), so the next burst starts on an idle bot.
-        await asyncio.to_thread(wait_answered, bot, since=cursor, count=count, replies=replies)
-        await runner.cleanup()
+        try:
+            await asyncio.to_thread(wait_answered, bot, since=cursor, count=count, replies=sink.count)
+        finally:
+            sink.stop()
 
 
-def wait_answered(bot: Bot, *, since: int, count: int, replies: list[str], timeout: float = 300.0) -> None:
+def wait_answered(bot: Bot, *, since: int, count: int, replies: Callable[[], int], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         records = bot.workspace.transcript(since=since, channel="incident")["records"]
         posted = sum(1 for r in records if r.get("kind") == "message" and "etcd on" in json.dumps(r.get("blocks")))
-        if posted + len(replies) >= count:
+        if posted + replies() >= count:
             return
         time.sleep(0.2)
     raise RuntimeError(f"the bot answered only part of {count} commands within {timeout:.0f} s")

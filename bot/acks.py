@@ -6,7 +6,8 @@ first command runs between the acks of the next ones. A request counts from its 
 HTTP handler, or the Socket Mode message handler) to its ack's response; handlers call
 `await ACKS.settled()` before their heavy work after an ack, which returns at once when no
 request is pending and none arrived in the last `quiet` seconds, and otherwise when that holds
-(bounded by `limit`, so a steady stream of commands cannot starve the work). The quiet period
+(bounded by `limit`, so a steady stream of commands cannot starve the work); a lone command
+does not wait at all. The quiet period
 matters: a burst arrives over a few hundred milliseconds, and between two arrivals nothing may
 be pending; work started in that gap would run between the acks of the rest.
 """
@@ -16,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterator
 
 
 class AckGate:
     """Counts requests waiting for their ack; `settled()` waits until there are none."""
 
-    def __init__(self, *, quiet: float = 0.1) -> None:
+    def __init__(self, *, quiet: float = 0.25) -> None:
         self.quiet = quiet
         self._pending = 0
         self._last_arrival = float("-inf")
+        self._recent: deque[float] = deque()  # arrivals within the last `quiet` seconds
         self._settled: asyncio.Event | None = None
 
     @property
@@ -38,12 +41,19 @@ class AckGate:
             self._settled.set()
         return self._settled
 
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - self.quiet
+        while self._recent and self._recent[0] < horizon:
+            self._recent.popleft()
+
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Wraps the handling of one request, up to its response (the ack)."""
         event = self._event()
         self._pending += 1
         self._last_arrival = time.monotonic()
+        self._recent.append(self._last_arrival)
+        self._forget_old()
         event.clear()
         try:
             yield
@@ -55,6 +65,9 @@ class AckGate:
     async def settled(self, *, limit: float = 1.0) -> None:
         """Returns when no request waits for its ack and none arrived for `quiet` seconds, or
         after `limit` seconds."""
+        self._forget_old()
+        if self._pending == 0 and len(self._recent) <= 1:
+            return  # a lone command, not a burst: nothing to make way for
         deadline = time.monotonic() + limit
         while True:
             now = time.monotonic()

@@ -140,9 +140,18 @@ async def test_work_does_not_start_in_the_gap_between_two_arrivals_of_a_burst() 
             order.append(f"ack {name}")
 
     async def work() -> None:
-        await asyncio.sleep(0.03)  # after the first ack, while nothing is pending
+        await asyncio.sleep(0.05)  # after two acks of a burst, while nothing is pending
         await gate.settled()
         order.append("work")
 
-    await asyncio.gather(request("a", 0.0), request("b", 0.08), work())
-    assert order == ["ack a", "ack b", "work"]
+    await asyncio.gather(request("a", 0.0), request("b", 0.02), request("c", 0.1), work())
+    assert order == ["ack a", "ack b", "ack c", "work"]
+
+
+async def test_a_lone_command_does_not_wait_for_a_quiet_gap() -> None:
+    gate = AckGate(quiet=0.5)
+    with gate.request():
+        pass
+    started = time.monotonic()
+    await gate.settled()
+    assert time.monotonic() - started < 0.05
