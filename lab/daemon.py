@@ -279,6 +279,7 @@ class LabDaemon:
         self.machines.set_instance_state(host.node, "running")
         if after_shutdown:
             self.csrs.after_restart(host.node)
+        self.nodes.forget(host.node)  # a kubelet posts its node status as it starts (a fresh heartbeat)
         self.poke()
 
     async def install_revision(self, resource: str, host: Host, revision: int, *, reason: str = "") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bot.cluster.kube import NODE, KubeClient
@@ -33,7 +34,24 @@ class NodeView:
         return self.role == "master"
 
 
-def node_view(node: Mapping[str, Any]) -> NodeView:
+STALE_REASON = "StaleStatus"
+
+
+def _epoch(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def node_view(node: Mapping[str, Any], *, fresh_after: float | None = None) -> NodeView:
+    """One node as `oc get nodes` shows it. With `fresh_after` (after a shutdown: when the nodes went
+    off), a Ready condition whose last heartbeat is older is the status from before the shutdown,
+    which the API serves until the node lifecycle controller marks it Unknown (about 40 s after the
+    control plane is back): such a node is not counted Ready. A kubelet that really came back posts
+    its status at start, so its heartbeat is newer."""
     metadata = node.get("metadata") or {}
     labels = metadata.get("labels") or {}
     roles = sorted(k[len(ROLE_PREFIX):] for k in labels if k.startswith(ROLE_PREFIX))
@@ -41,9 +59,13 @@ def node_view(node: Mapping[str, Any]) -> NodeView:
     status = node.get("status") or {}
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     addresses = tuple(str(a.get("address")) for a in status.get("addresses") or [] if a.get("address"))
-    return NodeView(name=str(metadata.get("name", "")), role=role, ready=ready.get("status") == "True",
-                    reason="" if ready.get("status") == "True" else str(ready.get("reason") or "no Ready condition"),
-                    addresses=addresses)
+    is_ready = ready.get("status") == "True"
+    reason = "" if is_ready else str(ready.get("reason") or "no Ready condition")
+    if is_ready and fresh_after is not None:
+        heartbeat = _epoch(ready.get("lastHeartbeatTime"))
+        if heartbeat is None or heartbeat < fresh_after:
+            is_ready, reason = False, f"{STALE_REASON}: no status posted since the shutdown"
+    return NodeView(name=str(metadata.get("name", "")), role=role, ready=is_ready, reason=reason, addresses=addresses)
 
 
 def in_order(nodes: list[NodeView]) -> list[NodeView]:
@@ -51,6 +73,7 @@ def in_order(nodes: list[NodeView]) -> list[NodeView]:
     return sorted(nodes, key=lambda n: (not n.master, n.name))
 
 
-async def list_nodes(kube: KubeClient) -> list[NodeView]:
-    """`oc get nodes`: masters first. Raises KubeError when the API does not answer."""
-    return in_order([node_view(n) for n in await kube.list_objects(NODE)])
+async def list_nodes(kube: KubeClient, *, fresh_after: float | None = None) -> list[NodeView]:
+    """`oc get nodes`: masters first (`fresh_after`: see node_view). Raises KubeError when the API
+    does not answer."""
+    return in_order([node_view(n, fresh_after=fresh_after) for n in await kube.list_objects(NODE)])

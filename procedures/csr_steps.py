@@ -14,6 +14,7 @@ Used by procedures/restart_check.py (chapter 4) and procedures/approve_csrs.py (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.cluster.kube import KubeError
@@ -57,25 +58,33 @@ class Approved:
     flagged: tuple[str, ...]
 
 
-async def _view(ctx: StepContext) -> CsrView:
+FreshAfter = Callable[[StepContext], "float | None"]
+
+
+async def _view(ctx: StepContext, fresh_after: float | None = None) -> CsrView:
     try:
-        return await read_csrs(ctx.need_kube())
+        return await read_csrs(ctx.need_kube(), fresh_after=fresh_after)
     except (KubeError, TimeoutError) as exc:
         raise StepFailed(f"could not read the CSRs and nodes: {exc}", retryable=True,
                          next_action=f"Check the API with `/etcd-status {ctx.cluster_name}`.") from exc
 
 
-def review_step(step_id: StepId, title: str, *, after: StepId | None = None) -> Step:
+def review_step(step_id: StepId, title: str, *, after: StepId | None = None,
+                fresh_after: FreshAfter | None = None) -> Step:
     """Lists the pending CSRs with their review. Waits (at most `csr_settle`) until every NotReady
-    node (with `after`: every node whose client CSR that approval step approved) has filed one."""
+    node (with `after`: every node whose client CSR that approval step approved) has filed one.
+    `fresh_after` (the restart check: when the nodes went off) counts a node whose Ready status is
+    older than that as NotReady: right after a restart the API still serves the statuses from before
+    the shutdown, and nodes that only look Ready would file their CSRs after the review."""
 
     async def run(ctx: StepContext) -> StepResult:
+        since = fresh_after(ctx) if fresh_after is not None else None
         expected: tuple[str, ...] | None = None
         if after is not None:
             expected = ctx.result(after, Approved).client_nodes
 
         async def settled() -> CsrView | NotYet:
-            view = await _view(ctx)
+            view = await _view(ctx, since)
             missing = view.waiting_for(expected)
             if missing:
                 return NotYet(f"no CSR yet from {', '.join(missing)}")
@@ -84,13 +93,13 @@ def review_step(step_id: StepId, title: str, *, after: StepId | None = None) -> 
         view: CsrView | None = None
         no_csr: tuple[str, ...] = ()
         if expected == ():
-            view = await _view(ctx)
+            view = await _view(ctx, since)
         else:
             try:
                 view = await wait_until(settled, what="every NotReady node's CSR", deadline=ctx.settings.csr_settle,
                                         heartbeat=ctx.heartbeat, interval=1.0)
             except WaitTimedOut:
-                view = await _view(ctx)
+                view = await _view(ctx, since)
                 no_csr = view.waiting_for(expected)
         text = summary(view) + (f"; no CSR from {', '.join(no_csr)} within {ctx.settings.csr_settle:g} s"
                                 if no_csr else "")

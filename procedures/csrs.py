@@ -237,10 +237,11 @@ class CsrView:
         return tuple(n.name for n in self.not_ready if n.name not in asked and (wanted is None or n.name in wanted))
 
 
-async def read_csrs(kube: KubeClient) -> CsrView:
-    """`oc get csr`, `oc get nodes`, `oc get machines -A` and the review. Raises KubeError."""
+async def read_csrs(kube: KubeClient, *, fresh_after: float | None = None) -> CsrView:
+    """`oc get csr`, `oc get nodes`, `oc get machines -A` and the review (`fresh_after`: see
+    cluster_nodes.node_view). Raises KubeError."""
     csrs = await kube.list_objects(CSR)
-    nodes = in_order([node_view(n) for n in await kube.list_objects(NODE)])
+    nodes = in_order([node_view(n, fresh_after=fresh_after) for n in await kube.list_objects(NODE)])
     try:
         machines = await kube.list_objects(MACHINE, namespace="openshift-machine-api")
     except Exception:  # no Machine API (a UPI cluster): nodes alone say what is known

@@ -71,6 +71,15 @@ class Expected:
     shutdown_by: str = ""
     backup_id: str = ""
     unlisted: tuple[str, ...] = ()  # went down with the shutdown, not listed by the API now
+    fresh_after: float | None = None  # a node status older than this is from before the shutdown
+
+
+SHUTDOWN_DELAY = 60.0  # `shutdown -h 1`: a node keeps posting its status for up to a minute
+
+
+def fresh_after(ctx: StepContext) -> float | None:
+    """When the nodes went off (the shutdown's record); statuses older than this are stale."""
+    return ctx.result(S_EXPECT, Expected).fresh_after if S_EXPECT in ctx.results else None
 
 
 @dataclass(frozen=True)
@@ -117,9 +126,11 @@ async def expected_nodes(ctx: StepContext) -> StepResult:
     record = last if last is not None and last.back_at is None else None
     kube = ctx.need_kube()
 
+    since = (record.off_at or record.at + SHUTDOWN_DELAY) if record is not None else None
+
     async def api() -> list[NodeView] | NotYet:
         try:
-            return await list_nodes(kube)
+            return await list_nodes(kube, fresh_after=since)
         except (KubeError, TimeoutError) as exc:
             return NotYet(f"the API does not answer ({str(exc)[:120]})")
 
@@ -135,7 +146,8 @@ async def expected_nodes(ctx: StepContext) -> StepResult:
     version = (await running_version(ctx)) or (record.version if record else "")
     expected = Expected(masters=masters, workers=workers, version=version, unlisted=unlisted,
                         shutdown_run=record.run_id if record else "", shutdown_at=record.at if record else None,
-                        shutdown_by=record.requester if record else "", backup_id=record.backup_id if record else "")
+                        shutdown_by=record.requester if record else "", backup_id=record.backup_id if record else "",
+                        fresh_after=since)
     not_ready = [n.name for n in nodes if not n.ready]
     if record is not None:
         head = (f"shut down by {who(record.requester)} at {_utc(record.at)} (run `{record.run_id}`), backup "
@@ -168,7 +180,7 @@ def ready_step(step_id: StepId, title: str, *, role: str) -> Step:
 
         async def ready() -> tuple[str, ...] | NotYet:
             try:
-                nodes = {n.name: n for n in await list_nodes(kube)}
+                nodes = {n.name: n for n in await list_nodes(kube, fresh_after=expected.fresh_after)}
             except (KubeError, TimeoutError) as exc:
                 return NotYet(f"the API does not answer ({str(exc)[:120]})")
             late = [f"{n} ({nodes[n].reason})" if n in nodes else f"{n} (not listed)" for n in wanted
@@ -260,9 +272,11 @@ def _back_plan(_ctx: StepContext) -> list[PlannedCommand]:
 STEPS: tuple[Step, ...] = (
     Step(S_EXPECT, "Find the nodes to expect back (the recorded shutdown) and wait for the API", StepKind.READ,
          expected_nodes, _expect_plan, timeout=4 * 3600 + 60, safe_to_repeat=True),
-    review_step(S_REVIEW, "Get the list of current CSRs and review each (oc get csr, oc describe csr)"),
+    review_step(S_REVIEW, "Get the list of current CSRs and review each (oc get csr, oc describe csr)",
+                fresh_after=fresh_after),
     approve_step(S_APPROVE, "Approve each valid CSR (oc adm certificate approve)"),
-    review_step(S_REVIEW_SERVING, "Review the kubelet-serving CSRs the nodes file next", after=S_APPROVE),
+    review_step(S_REVIEW_SERVING, "Review the kubelet-serving CSRs the nodes file next", after=S_APPROVE,
+                fresh_after=fresh_after),
     approve_step(S_APPROVE_SERVING, "Approve each valid kubelet-serving CSR (oc adm certificate approve)"),
     ready_step(S_MASTERS, "Verify that all master nodes are ready", role="master"),
     ready_step(S_WORKERS, "Verify that all worker nodes are ready", role="worker"),

@@ -84,6 +84,22 @@ def test_node_view_reads_role_readiness_and_addresses() -> None:
     assert node_view({"metadata": {"name": "x", "labels": {}}}).role == "worker"  # no role label: a worker
 
 
+def test_a_ready_status_from_before_the_shutdown_is_not_ready() -> None:
+    """Right after a restart the API serves the statuses from before the shutdown: Ready, with an
+    old heartbeat. Counted Ready, the review would wait for no CSR; only a newer heartbeat counts."""
+    shutdown = 1_800_000_000.0
+    stale = node(MASTER, "master", ready=True)
+    stale["status"]["conditions"][0]["lastHeartbeatTime"] = "2027-01-15T07:59:00Z"  # 60 s before `shutdown`
+    fresh = node(MASTER, "master", ready=True)
+    fresh["status"]["conditions"][0]["lastHeartbeatTime"] = "2027-01-15T08:01:00Z"
+    assert node_view(stale).ready  # no shutdown to compare with: as `oc get nodes` says
+    old = node_view(stale, fresh_after=shutdown)
+    assert not old.ready and old.reason.startswith("StaleStatus") and old.status == "NotReady"
+    assert node_view(fresh, fresh_after=shutdown).ready
+    assert not node_view(node(MASTER, "master", ready=True), fresh_after=shutdown).ready  # no heartbeat at all
+    assert CsrView(nodes=(old,), csrs=(), read_at=shutdown).waiting_for() == (MASTER,)
+
+
 def test_parse_request_reads_subject_and_host_names() -> None:
     found = parse_request(pem("system:node:a", dns=("a.example",), ips=("10.0.0.1",)))
     assert found.common_name == "system:node:a" and found.organizations == ("system:nodes",)
