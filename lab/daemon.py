@@ -179,13 +179,25 @@ class LabDaemon:
         self.record_pid(self.redis.pid)
 
     async def _wait_for_quorum(self) -> None:
+        """Every member healthy, as an installed cluster is: a lab that says ready with a member still
+        starting (or failing: another process took its port) breaks the first fault aimed at it."""
         deadline = time.monotonic() + READY_DEADLINE_SECONDS
+        health: dict[str, bool] = {}
         while time.monotonic() < deadline:
             health = await self.etcd.health_map(self.client_urls())
-            if sum(health.values()) > len(health) // 2:
+            if all(health.values()):
                 return
             await asyncio.sleep(0.2)
-        raise RuntimeError("etcd did not reach quorum within 60 s; see DIR/hosts/*/var/log/pods")
+        sick = [h for h in self.hosts.values() if not health.get(h.master.client_url)]
+        tails = "\n".join(f"{h.node}: {self._etcd_log_tail(h)}" for h in sick)
+        raise RuntimeError(f"etcd members not healthy within {READY_DEADLINE_SECONDS:.0f} s: "
+                           f"{', '.join(h.node for h in sick)}; their etcd logs end with:\n{tails}")
+
+    @staticmethod
+    def _etcd_log_tail(host: Host) -> str:
+        logs = sorted((host.root / "var/log/pods").glob("openshift-etcd_etcd-*/etcd/*.log"),
+                      key=lambda p: p.stat().st_mtime)
+        return logs[-1].read_text(errors="replace")[-600:] if logs else "(no log)"
 
     async def _seed(self) -> None:
         try:

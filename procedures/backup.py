@@ -445,6 +445,7 @@ class CopiedFile:
 class CopiedFiles:
     files: dict[str, CopiedFile]  # file name -> what arrived
     encrypted: bool
+    verified: VerifiedSnapshot | None = None  # what the master's checks said (None: a run of an older bot)
 
 
 @dataclass(frozen=True)
@@ -631,95 +632,117 @@ def _plan_dir(ctx: StepContext) -> str:
     return host_dir(ctx.run_id)
 
 
-async def verify_snapshot(ctx: StepContext) -> StepResult:
-    hosts = ctx.need_hosts()
-    made = ctx.result(S_SCRIPT, ScriptOutput)
-    node, directory, snapshot, resources = made.host, made.dir, made.snapshot_path, made.resources_path
-    async with hosts.session(node) as host:
+@dataclass(frozen=True)
+class HostChecks:
+    """What the master said of its copy: `etcdctl snapshot status` and `sha256sum` of both files."""
+
+    status: SnapshotStatus
+    sha256: dict[str, str]
+
+
+async def _check_on_host(hosts: Any, made: ScriptOutput) -> HostChecks:
+    """`snapshot status` and `sha256sum` on the master, both at once on one connection. Raises
+    StepFailed (retryable) when the master does not answer, ValueError when a check fails."""
+    async with hosts.session(made.host) as host:
         status_run = await host.run(argv=["true"], timeout=COMMAND_TIMEOUT)  # connect once, then both at once
         if status_run.ok:
             status_run, sums_run = await asyncio.gather(
-                host.run(argv=snapshot_status_command(snapshot), timeout=SCRIPT_TIMEOUT),
-                host.run(argv=sha256_command(snapshot, resources), timeout=SCRIPT_TIMEOUT),
+                host.run(argv=snapshot_status_command(made.snapshot_path), timeout=SCRIPT_TIMEOUT),
+                host.run(argv=sha256_command(made.snapshot_path, made.resources_path), timeout=SCRIPT_TIMEOUT),
             )
         else:
             sums_run = status_run
     if status_run.rc is None or sums_run.rc is None:
-        raise StepFailed(f"{node} did not answer: {_fail_text(status_run if status_run.rc is None else sums_run)}",
+        raise StepFailed(f"{made.host} did not answer: {_fail_text(status_run if status_run.rc is None else sums_run)}",
                          retryable=True, next_action="Check the master, then start `/etcd-backup` again.")
-    what_to_do = (f"The copy on {node} ({directory}) was removed and nothing was stored. Check etcd with "
-                  f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again; it will pick a healthy master.")
-    try:
-        if not status_run.ok:
-            raise ValueError(_fail_text(status_run))
-        status = parse_snapshot_status(status_run.stdout)
-        if status.total_keys <= 0 or status.revision <= 0:
-            raise ValueError(f"the snapshot holds {status.total_keys} keys at revision {status.revision}")
-        sums = parse_sha256sum(sums_run.stdout)
-        names = (made.snapshot, made.resources)
-        if not sums_run.ok or any(n not in sums for n in names):
-            raise ValueError(f"sha256sum failed: {_fail_text(sums_run)}")
-    except ValueError as exc:
-        await hosts.change(node=node, argv=clear_dir_command(directory), timeout=COMMAND_TIMEOUT)
-        raise StepFailed(f"the snapshot on {node} failed verification: {exc}", next_action=what_to_do) from exc
-    return StepResult.of(
-        f"hash {status.hash}, revision {status.revision}, {status.total_keys} keys, {human_size(status.total_size)}",
-        VerifiedSnapshot(hash=status.hash, revision=status.revision, total_keys=status.total_keys,
-                         total_size=status.total_size, sha256={n: sums[n] for n in names}),
-    )
+    if not status_run.ok:
+        raise ValueError(_fail_text(status_run))
+    status = parse_snapshot_status(status_run.stdout)
+    if status.total_keys <= 0 or status.revision <= 0:
+        raise ValueError(f"the snapshot holds {status.total_keys} keys at revision {status.revision}")
+    sums = parse_sha256sum(sums_run.stdout)
+    if not sums_run.ok or any(n not in sums for n in (made.snapshot, made.resources)):
+        raise ValueError(f"sha256sum failed: {_fail_text(sums_run)}")
+    return HostChecks(status=status, sha256=sums)
 
 
-def _verify_plan(ctx: StepContext) -> list[PlannedCommand]:
-    node = str(ctx.parameters.get("master") or "THE-MASTER")
-    return [
-        PlannedCommand(f"ssh core@{node}", "sudo etcdctl snapshot status DIR/snapshot_TS.db -w json"),
-        PlannedCommand(f"ssh core@{node}", "sudo sha256sum DIR/snapshot_TS.db DIR/static_kuberesources_TS.tar.gz"),
-    ]
+async def _download(ctx: StepContext, made: ScriptOutput, target: Any) -> dict[str, tuple[str, Any]]:
+    """Both files off the master over SFTP into the store's incoming directory, hashed as they
+    arrive: file name -> (role, what arrived). Raises HostCopyError."""
+    hosts, store = ctx.need_hosts(), _store(ctx)[0]
+    sizes = {made.snapshot_path: made.snapshot_size, made.resources_path: made.resources_size}
+    arrived: dict[str, tuple[str, Any]] = {}
+    for path, dest_dir, role in ((made.snapshot_path, target.snapshot_dir, "snapshot"),
+                                 (made.resources_path, target.resources_dir, "resources")):
+        name = path.rsplit("/", 1)[-1]
+        await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {made.host}; the master checks it meanwhile")
+        chunks = hosts.download(node=made.host, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
+        arrived[name] = (role, await store.receive(chunks=chunks, dest=dest_dir / name))
+    return arrived
 
 
 async def copy_off_host(ctx: StepContext) -> StepResult:
+    """The copy and the master's checks at once: `snapshot status` and `sha256sum` run on the
+    master while the files stream off it (each is a full read of the snapshot; one after the other
+    they cost as much as the copy again). Nothing counts until all three are done: the snapshot
+    must be valid, and each file must arrive with the size and sha256 the master computed. Any
+    failure discards what arrived; a snapshot that fails its check is removed from the master too."""
     hosts = ctx.need_hosts()
     store, _catalogue = _store(ctx)
     made = ctx.result(S_SCRIPT, ScriptOutput)
-    expected = ctx.result(S_VERIFY, VerifiedSnapshot).sha256
     encrypted = ctx.result(S_PREREQS, Prerequisites).encrypted
     node = made.host
-    sizes = {made.snapshot_path: made.snapshot_size, made.resources_path: made.resources_size}
+    sizes = {made.snapshot: made.snapshot_size, made.resources: made.resources_size}
     try:
         store.check_space(needed=sum(sizes.values()))
     except StoreError as exc:
         raise StepFailed(f"{exc}. Nothing was copied.",
                          next_action="Free space in the backup store (or enlarge it), then start `/etcd-backup` again.") from exc
     target = store.prepare(run_id=ctx.run_id, encrypted=encrypted)
-    copied: dict[str, CopiedFile] = {}
+    checks_task = asyncio.ensure_future(_check_on_host(hosts, made))
     try:
-        for path, dest_dir, role in ((made.snapshot_path, target.snapshot_dir, "snapshot"),
-                                     (made.resources_path, target.resources_dir, "resources")):
-            name = path.rsplit("/", 1)[-1]
-            await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {node}")
-            chunks = hosts.download(node=node, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
-            got = await store.receive(chunks=chunks, dest=dest_dir / name)
-            if got.size != sizes[path] or got.sha256 != expected[name]:
+        try:
+            arrived = await _download(ctx, made, target)
+        except HostCopyError as exc:
+            raise StepFailed(
+                f"{exc}. The partial copy was deleted; nothing was stored",
+                retryable=True,
+                next_action=(f"The files are still on {node} in {made.dir}. Check SSH to {node} with "
+                             f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again."),
+            ) from exc
+        try:
+            checks = await checks_task
+        except ValueError as exc:
+            await hosts.change(node=node, argv=clear_dir_command(made.dir), timeout=COMMAND_TIMEOUT)
+            raise StepFailed(
+                f"the snapshot on {node} failed verification: {exc}",
+                next_action=(f"The copy on {node} ({made.dir}) was removed and nothing was stored. Check etcd with "
+                             f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again; it will pick a "
+                             "healthy master."),
+            ) from exc
+        copied: dict[str, CopiedFile] = {}
+        for name, (role, got) in arrived.items():
+            if got.size != sizes[name] or got.sha256 != checks.sha256[name]:
                 raise StepFailed(
                     f"{name} arrived with sha256 {got.sha256[:16]}… ({got.size} bytes); the master's sha256sum "
-                    f"says {expected[name][:16]}… ({sizes[path]} bytes)",
+                    f"says {checks.sha256[name][:16]}… ({sizes[name]} bytes)",
                     retryable=True, next_action="Nothing was stored. Start `/etcd-backup` again.",
                 )
             copied[name] = CopiedFile(role=role, size=got.size, sha256=got.sha256)
-    except HostCopyError as exc:
-        store.discard(run_id=ctx.run_id)
-        raise StepFailed(
-            f"{exc}. The partial copy was deleted; nothing was stored",
-            retryable=True,
-            next_action=(f"The files are still on {node} in {made.dir}. Check SSH to {node} with "
-                         f"`/etcd-status {ctx.cluster_name}` and start `/etcd-backup` again."),
-        ) from exc
     except BaseException:
+        checks_task.cancel()
+        await asyncio.gather(checks_task, return_exceptions=True)
         store.discard(run_id=ctx.run_id)
         raise
+    status = checks.status
+    verified = VerifiedSnapshot(hash=status.hash, revision=status.revision, total_keys=status.total_keys,
+                                total_size=status.total_size, sha256={n: checks.sha256[n] for n in sizes})
     total = sum(c.size for c in copied.values())
-    return StepResult.of(f"{len(copied)} files, {human_size(total)}, sha256 match the master's",
-                         CopiedFiles(files=copied, encrypted=encrypted))
+    return StepResult.of(
+        f"{len(copied)} files, {human_size(total)}, sha256 match the master's; snapshot hash {status.hash}, "
+        f"revision {status.revision}, {status.total_keys} keys",
+        CopiedFiles(files=copied, encrypted=encrypted, verified=verified),
+    )
 
 
 def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
@@ -727,6 +750,9 @@ def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
     root = ctx.store.root if ctx.store is not None else "BACKUP-DIR"
     return [
         PlannedCommand("bot", f"check free space in {root} (needs the files' size + 20%)"),
+        PlannedCommand(f"ssh core@{node}", "sudo etcdctl snapshot status DIR/snapshot_TS.db -w json  # during the copy"),
+        PlannedCommand(f"ssh core@{node}", "sudo sha256sum DIR/snapshot_TS.db DIR/static_kuberesources_TS.tar.gz  "
+                                           "# during the copy"),
         PlannedCommand(f"sftp core@{node}", "read DIR/snapshot_TS.db and DIR/static_kuberesources_TS.tar.gz "
                                             f"in 1 MiB chunks into {root}/.incoming/RUN-ID, sha256 while streaming"),
     ]
@@ -735,8 +761,8 @@ def _copy_plan(ctx: StepContext) -> list[PlannedCommand]:
 async def record_metadata(ctx: StepContext) -> StepResult:
     store, catalogue = _store(ctx)
     made = ctx.result(S_SCRIPT, ScriptOutput)
-    verified = ctx.result(S_VERIFY, VerifiedSnapshot)
     copied = ctx.result(S_COPY, CopiedFiles)
+    verified = copied.verified or ctx.result(S_VERIFY, VerifiedSnapshot)
     backup_id = new_backup_id(run_id=ctx.run_id, at=made.started_at)
     final = store.placement(cluster=ctx.cluster_name, backup_id=backup_id, encrypted=copied.encrypted)
     files = []
@@ -888,9 +914,8 @@ STEPS: tuple[Step, ...] = (
          timeout=90, retries=1, safe_to_repeat=True),
     Step(S_SCRIPT, "Run cluster-backup.sh /home/core/assets/backup on that master", StepKind.CHANGE,
          run_backup_script, _script_plan, timeout=SCRIPT_TIMEOUT * 3 + 60, safe_to_repeat=True),
-    Step(S_VERIFY, "Verify the snapshot (etcdctl snapshot status, sha256sum)", StepKind.READ, verify_snapshot,
-         _verify_plan, timeout=SCRIPT_TIMEOUT + 30, retries=1, safe_to_repeat=True),
-    Step(S_COPY, "Copy both files off the host into the backup store, checksummed", StepKind.CHANGE,
+    Step(S_COPY, "Copy both files off the host into the backup store, checksummed, while the master verifies "
+         "the snapshot (etcdctl snapshot status, sha256sum)", StepKind.CHANGE,
          copy_off_host, _copy_plan, timeout=3600, retries=2, safe_to_repeat=True),
     Step(S_RECORD, "Record the backup: version, revision, keys, size, sha256", StepKind.CHANGE, record_metadata,
          _record_plan, timeout=60, safe_to_repeat=True),

@@ -54,7 +54,7 @@ def test_backup_by_alice(lab: Lab, first_backup: dict) -> None:
     message = first_backup["message"]
     text = blocks_text(message)
     assert message["state"] == "succeeded", text
-    assert text.count(":white_check_mark: *") == 10, text  # the run, the document's 7 steps, the drill, retention
+    assert text.count(":white_check_mark: *") == 9, text  # the run, the document's 6 steps, the drill, retention
     host = host_of(message)
     stored = stored_backups(lab)
     assert len(stored) == 1
