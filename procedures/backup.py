@@ -43,6 +43,7 @@ parsing, commands) are module functions, unit-tested without a cluster.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -537,14 +538,18 @@ def _pick_plan(ctx: StepContext) -> list[PlannedCommand]:
     ]
 
 
+ID_RE = re.compile(r"uid=(\d+)\S* gid=(\d+)")
+
+
 async def _ssh_ids(host: NodeSession) -> tuple[str, str] | CommandResult:
-    result = await host.run(argv=["id", "-u"], timeout=COMMAND_TIMEOUT)
+    """The SSH user's uid and gid, from one `id` (`uid=1000(core) gid=1000(core) groups=...`)."""
+    result = await host.run(argv=["id"], timeout=COMMAND_TIMEOUT)
     if not result.ok:
         return result
-    group = await host.run(argv=["id", "-g"], timeout=COMMAND_TIMEOUT)
-    if not group.ok:
-        return group
-    return result.stdout.strip(), group.stdout.strip()
+    found = ID_RE.search(result.stdout)
+    if found is None:
+        return dataclasses.replace(result, rc=1, stderr=f"`id` printed no uid/gid: {result.stdout[:120]!r}")
+    return found.group(1), found.group(2)
 
 
 async def _backup_on(host: NodeSession, *, directory: str, env: Mapping[str, str]) -> tuple[HostFiles, str] | str:
@@ -557,9 +562,11 @@ async def _backup_on(host: NodeSession, *, directory: str, env: Mapping[str, str
     if not cleared.ok:
         return _fail_text(cleared)
     last = script = await host.change(argv=backup_script_command(directory=directory, env=env), timeout=SCRIPT_TIMEOUT)
-    if script.ok:
-        owned = await host.change(argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT)
-        last = await host.run(argv=listing_command(directory), timeout=COMMAND_TIMEOUT) if owned.ok else owned
+    if script.ok:  # the chown and the listing (through sudo: it reads root's names) at once
+        owned, listed = await asyncio.gather(
+            host.change(argv=own_command(directory=directory, uid=ids[0], gid=ids[1]), timeout=COMMAND_TIMEOUT),
+            host.run(argv=listing_command(directory), timeout=COMMAND_TIMEOUT))
+        last = listed if owned.ok else owned
         if last.ok:
             try:
                 return parse_listing(last.stdout), script.stdout
@@ -616,7 +623,7 @@ def _script_plan(ctx: StepContext) -> list[PlannedCommand]:
     target = f"ssh core@{node}"
     return [
         PlannedCommand("api", "oc get proxy cluster -o json"),
-        PlannedCommand(target, "id -u; id -g"),
+        PlannedCommand(target, "id"),
         PlannedCommand(target, shell_command(["sudo", "rm", "-rf", "--", directory])),
         PlannedCommand(target, " ".join(backup_script_command(directory=directory, env=env))),
         PlannedCommand(target, shell_command(["sudo", "chown", "-R", "UID:GID", directory])),

@@ -211,3 +211,12 @@ def test_catalogue_rendering() -> None:
     assert "revision 94, the metadata says 95" in blocks[1].text.text  # type: ignore[attr-defined]
     empty = render_catalogue(cluster="prod", records=[])[0].text.text  # type: ignore[attr-defined]
     assert "/etcd-backup prod" in empty
+
+
+def test_the_ssh_users_ids_come_from_one_id() -> None:
+    from procedures.backup import ID_RE
+
+    found = ID_RE.search("uid=1000(core) gid=1000(core) groups=1000(core),4(adm),10(wheel)\n")
+    assert found is not None and found.groups() == ("1000", "1000")
+    assert ID_RE.search("uid=1000 gid=1001\n").groups() == ("1000", "1001")  # type: ignore[union-attr]
+    assert ID_RE.search("core\n") is None
