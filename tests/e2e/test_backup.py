@@ -77,15 +77,25 @@ def test_a_second_procedure_is_refused_while_the_first_holds_the_lock(lab: Lab, 
                                                                      first_backup: dict) -> None:
     fill_etcd(lab, megabytes=6)  # ~8 MB to copy at 2 MB/s: the first run holds the lock for seconds
     since = command(lab, "/etcd-backup", user="alice")
-    second = command(lab, "/etcd-backup", user="bob")
+    command(lab, "/etcd-backup", user="bob")
     first = wait_for(lambda: run_message(lab, since=since), timeout=30, what="the first run's message")
-    busy = wait_for(lambda: next((m["text"] for m in seen(lab, since=second, user="bob") if "is busy" in m["text"]), None),
-                    timeout=30, what="bob's busy answer")
+
+    def busy_answer() -> tuple[str, str] | None:
+        # Both commands are in flight at once: whichever took the lock runs, the other is told.
+        for user in ("alice", "bob"):
+            for message in seen(lab, since=since, user=user):
+                if "is busy" in message["text"]:
+                    return user, message["text"]
+        return None
+
+    refused_user, busy = wait_for(busy_answer, timeout=30, what="the busy answer to the second command")
+    winner = {"alice": "U0BOB0001", "bob": "U0ALICE01"}[refused_user]
     assert f"run `{first['run_id']}`" in busy and "Backing up etcd data" in busy and "/etcd-abort" in busy
+    assert f"started by <@{winner}>" in busy, busy
     done = wait_run(lab, since=since, run_id=first["run_id"], states=("succeeded", "failed"))
     assert done["state"] == "succeeded", blocks_text(done)
     runs = [m for m in seen(lab, since=since) if m.get("text", "").startswith("Backing up etcd data on lab:")]
-    assert len(runs) == 1, [m["text"] for m in runs]  # bob's never started
+    assert len(runs) == 1, [m["text"] for m in runs]  # the second never started
     assert len(stored_backups(lab)) == 2
     no_partial_backups(lab)
 
