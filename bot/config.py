@@ -75,6 +75,7 @@ HINTS: dict[str, str] = {
     "approver_users": 'a JSON list of Slack user IDs who may approve, e.g. ["U012ABCDEF"], or []',
     "approvals_required": 'a JSON object: procedure name -> approvers needed (1-10), e.g. {"restore": 2}',
     "approval_expiry": "seconds an approval request (and an approval) stays valid, e.g. 900",
+    "lock_timeout": "seconds a cluster's lock outlives a bot that died holding it (renewed every third of it), e.g. 45",
     "approval_secret": "a long random string (e.g. `openssl rand -hex 32`), the same on every replica",
     "clusters": (
         'a JSON list, e.g. [{"name": "lab", "kubeconfig": "/path/kubeconfig", "channels": ["C0INCIDENT"], '
@@ -419,6 +420,10 @@ class Settings(BaseSettings):
     approvals_required: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     approval_expiry: float = Field(default=900.0, gt=0, le=86400)
     approval_secret: SecretStr | None = None  # else derived from the bot token
+    # A run's cluster lock is renewed every third of this; when the bot holding it dies, another
+    # replica (or the bot, restarted) takes the run over only after it expired. Shorter: a dead
+    # bot's run is back sooner; longer: a stalled bot (GC, a paused VM) keeps its lock longer.
+    lock_timeout: float = Field(default=45.0, ge=3, le=600)
 
     @field_validator("allowed_users", "clusters", "approver_users", mode="before")
     @classmethod

@@ -55,7 +55,7 @@ from bot.procedure import (
     no_fence,
 )
 from bot.progress import ThrottledSender
-from bot.runner import Heartbeat, Runner
+from bot.runner import Heartbeat, Runner, RunnerPolicy
 from bot.scheduler import BackupScheduler
 from bot.shutdowns import ShutdownLog
 from bot.store import Run, RunStore, connect_redis
@@ -255,7 +255,8 @@ def build_services(settings: Settings, *, clusters: Clusters) -> Services:
         return holder["services"].context(run=run, results=results, heartbeat=heartbeat, fence=fence)
 
     runner = Runner(redis=redis, sender=sender, approvals=approvals, approval_policy=approval_policy,
-                    context_factory=context, procedures=procedures)
+                    context_factory=context, procedures=procedures,
+                    policy=RunnerPolicy(lock_timeout=settings.lock_timeout))
     services = Services(settings=settings, clusters=clusters, redis=redis, client=client, sender=sender,
                         runner=runner, store=store, catalogue=catalogue)
     notifier = Notifier(settings=settings, sender=sender, client=client)

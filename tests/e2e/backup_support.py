@@ -91,8 +91,11 @@ class BotProcess:
             proc.wait(timeout=5)
 
 
+E2E_LOCK_TIMEOUT = "15"  # a SIGKILLed bot's run is taken over after 15 s, not 45 (renewed every 5 s)
+
+
 def start_bot(lab: Lab, **env: str) -> BotProcess:
-    settings = {"ETCDBOT_CLUSTERS": clusters_setting(lab), **env}
+    settings = {"ETCDBOT_CLUSTERS": clusters_setting(lab), "ETCDBOT_LOCK_TIMEOUT": E2E_LOCK_TIMEOUT, **env}
     return BotProcess(lab=lab, env=settings).start()
 
 

@@ -48,6 +48,11 @@ def test_defaults_and_the_lab_names(files):
     assert "xoxb-lab-abc" not in repr(s) and "s3cr3t-signing" not in repr(s)
 
 
+def test_the_lock_timeout_is_45_s_unless_set(files):
+    assert load_settings(environ=env(files)).lock_timeout == 45.0
+    assert load_settings(environ=env(files, ETCDBOT_LOCK_TIMEOUT="15")).lock_timeout == 15.0
+
+
 def test_empty_allowed_users_is_an_empty_list(files):
     assert load_settings(environ=env(files, ETCDBOT_ALLOWED_USERS="")).allowed_users == ()
 
@@ -57,6 +62,7 @@ def test_empty_allowed_users_is_an_empty_list(files):
     ({"ETCDBOT_SLACK_MODE": "websocket"}, "ETCDBOT_SLACK_MODE: Input should be 'socket' or 'http'. Set it to socket or http"),
     ({"ETCDBOT_ALLOWED_USERS": '["alice"]'}, "ETCDBOT_ALLOWED_USERS: 'alice' is not a Slack user ID"),
     ({"ETCDBOT_HTTP_PORT": "99999"}, "ETCDBOT_HTTP_PORT:"),
+    ({"ETCDBOT_LOCK_TIMEOUT": "1"}, "ETCDBOT_LOCK_TIMEOUT:"),
     ({"ETCDBOT_SLACK_APP_TOKEN": ""}, "ETCDBOT_SLACK_APP_TOKEN"),
 ])
 def test_errors_name_the_variable(files, extra, expected):
