@@ -31,6 +31,8 @@ from tests.safety.test_processes import (
     stored,
 )
 
+LOCK_TIMEOUT = 15.0
+
 
 def spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("a") as log:
@@ -66,7 +68,7 @@ async def test_the_real_bot_sigkilled_during_a_destructive_step(redis_server, rd
         "ETCDBOT_HEALTH_PORT": str(health), "ETCDBOT_ALLOWED_USERS": json.dumps([ALICE, BOB, CAROL]),
         "ETCDBOT_BACKUP_DIR": str(tmp_path / "backups"), "ETCDBOT_PROCEDURE_MODULES": "tests.safety.destroy_procedure",
         "ETCDBOT_CLUSTERS": json.dumps([{"name": "lab", "kubeconfig": str(kubeconfig), "channels": ["C0INCIDENT"]}]),
-        "TEST_DESTROY_DIR": str(work),
+        "TEST_DESTROY_DIR": str(work), "ETCDBOT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
     })
     log_path = tmp_path / "bot.log"
     procs: list[subprocess.Popen[bytes]] = []
@@ -101,7 +103,9 @@ async def test_the_real_bot_sigkilled_during_a_destructive_step(redis_server, rd
             return found is not None and found.state is RunState.INTERRUPTED and dead not in found.owner
 
         await until(taken_over, timeout=90, what="the run taken over by the new bot")
-        assert time.monotonic() - killed >= 20  # not while the dead bot's lock could still be renewed
+        # not while the dead bot's lock still held: renewed every third of its timeout, it was at most
+        # that old when the bot died
+        assert time.monotonic() - killed >= LOCK_TIMEOUT - LOCK_TIMEOUT / 3
         message = next(m for m in run_messages(slack) if run_id(m) == run)
         await until(lambda: workspace.socket_connections >= 1, timeout=30, what="the new bot's Socket Mode")
         await until(lambda: "run_resume" in action_ids(slack.workspace.recorder.messages[message.key].blocks),
