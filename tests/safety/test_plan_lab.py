@@ -42,8 +42,22 @@ async def test_the_member_id_changes_between_gate_and_start(lab: Lab, harness: H
         return "removed from cluster" in result.stdout
 
     await until(removed, timeout=60, what=f"member {old_id} removed")
-    added = await etcdctl(lab, reader, "member", "add", target, f"--peer-urls={peer}")
-    new_id = added.split("Member ", 1)[1].split()[0]
+
+    async def added() -> str | None:
+        # On a loaded machine the API may time out an exec that etcd still carries out: then the
+        # member list says whether the member was added.
+        result = await asyncio.to_thread(
+            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
+            "member", "add", target, f"--peer-urls={peer}", check=False, timeout=60)
+        if "Member " in result.stdout:
+            return result.stdout.split("Member ", 1)[1].split()[0]
+        listed = await asyncio.to_thread(
+            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
+            "member", "list", "-w", "json", check=False, timeout=60)
+        found = [m for m in (json.loads(listed.stdout or "{}").get("members") or []) if peer in m.get("peerURLs", [])]
+        return f"{found[0]['ID']:x}" if found else None
+
+    new_id = await until(added, timeout=120, what=f"{target} added back as a member")
     assert new_id != old_id
 
     harness.go()

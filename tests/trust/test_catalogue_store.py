@@ -93,7 +93,8 @@ async def test_a_stored_backup_is_drilled_and_a_damaged_one_never_marked_drilled
     # Damaged before it was ever checksummed (a bad disk on the master): the sha256 matches, the
     # restore itself refuses it.
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 64] = b"\x00" * 64
+    for at in range(len(raw) // 2, len(raw) // 2 + 64):  # every bit flipped: changed whatever was there
+        raw[at] ^= 0xFF
     born_bad = make_backup(store, snapshot=bytes(raw), revision=meta["revision"], total_keys=meta["total_keys"])
     outcome = await store.prove(born_bad)
     assert not outcome.ok and "fails etcd's own integrity check" in outcome.error, outcome
