@@ -37,5 +37,9 @@ def test_backup_change_restore(lab: Lab) -> None:
                     '{"spec":{"forceRedeploymentReason":"recovery-1"}}')
     wait_for(lambda: all("kube-apiserver" in lab.ssh(n, "sudo crictl ps").stdout for n in lab.masters),
              timeout=120, what="kube-apiserver back on every master")
-    pods = lab.kubectl("get", "pods", "-n", "openshift-etcd").stdout
-    assert sum(1 for line in pods.splitlines() if line.startswith("etcd-") and "Running" in line) == 3
+
+    def running_etcd_pods() -> int:  # the mirror pods' status follows the kubelet's next sync
+        pods = lab.kubectl("get", "pods", "-n", "openshift-etcd").stdout
+        return sum(1 for line in pods.splitlines() if line.startswith("etcd-") and "Running" in line)
+
+    wait_for(lambda: running_etcd_pods() == 3, timeout=60, what="three etcd pods Running in the API")

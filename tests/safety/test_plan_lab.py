@@ -17,9 +17,10 @@ from tests.safety.test_processes import approve, lines, open_request, run_id, st
 LAB_ARGS = ("--clock-speed", "30")
 
 
-async def etcdctl(lab: Lab, node: str, *args: str) -> str:
+async def etcdctl(lab: Lab, node: str, *args: str, check: bool = True) -> str:
     result = await asyncio.to_thread(
-        lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{node}", "-c", "etcdctl", "--", "etcdctl", *args)
+        lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{node}", "-c", "etcdctl", "--", "etcdctl", *args,
+        check=check, timeout=60)
     return result.stdout
 
 
@@ -36,25 +37,18 @@ async def test_the_member_id_changes_between_gate_and_start(lab: Lab, harness: H
     assert f"etcdctl member remove {old_id}" in str(first.blocks)
 
     async def removed() -> bool:  # etcd refuses while it does not see every member as active yet
-        result = await asyncio.to_thread(
-            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
-            "member", "remove", old_id, check=False)
-        return "removed from cluster" in result.stdout
+        return "removed from cluster" in await etcdctl(lab, reader, "member", "remove", old_id, check=False)
 
     await until(removed, timeout=60, what=f"member {old_id} removed")
 
     async def added() -> str | None:
         # On a loaded machine the API may time out an exec that etcd still carries out: then the
         # member list says whether the member was added.
-        result = await asyncio.to_thread(
-            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
-            "member", "add", target, f"--peer-urls={peer}", check=False, timeout=60)
-        if "Member " in result.stdout:
-            return result.stdout.split("Member ", 1)[1].split()[0]
-        listed = await asyncio.to_thread(
-            lab.kubectl, "exec", "-n", "openshift-etcd", f"etcd-{reader}", "-c", "etcdctl", "--", "etcdctl",
-            "member", "list", "-w", "json", check=False, timeout=60)
-        found = [m for m in (json.loads(listed.stdout or "{}").get("members") or []) if peer in m.get("peerURLs", [])]
+        out = await etcdctl(lab, reader, "member", "add", target, f"--peer-urls={peer}", check=False)
+        if "Member " in out:
+            return out.split("Member ", 1)[1].split()[0]
+        listed = await etcdctl(lab, reader, "member", "list", "-w", "json", check=False)
+        found = [m for m in (json.loads(listed or "{}").get("members") or []) if peer in m.get("peerURLs", [])]
         return f"{found[0]['ID']:x}" if found else None
 
     new_id = await until(added, timeout=120, what=f"{target} added back as a member")
