@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 from bot.backups import CHUNK, BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
 from bot.cluster.etcdctl import human_size
 from bot.cluster.hosts import CommandResult, HostCopyError, shell_command
-from bot.cluster.kube import KubeClient, KubeError
+from bot.cluster.kube import KubeClient, KubeError, kube_time
 from bot.cluster.nodes import NodeSession
 from bot.config import ClusterSettings
 from bot.procedure import (
@@ -108,12 +108,8 @@ PEAK_OVERRIDE = "peak-hours"  # the admission warning a person (or the schedule)
 
 
 def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
+    seconds = kube_time(value)
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 def installed_at(cluster_version: Mapping[str, Any]) -> datetime | None:

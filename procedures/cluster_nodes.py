@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from bot.cluster.kube import NODE, KubeClient
+from bot.cluster.kube import NODE, KubeClient, kube_time
 
 ROLE_PREFIX = "node-role.kubernetes.io/"
 
@@ -37,15 +36,6 @@ class NodeView:
 STALE_REASON = "StaleStatus"
 
 
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def node_view(node: Mapping[str, Any], *, fresh_after: float | None = None) -> NodeView:
     """One node as `oc get nodes` shows it. With `fresh_after` (after a shutdown: when the nodes went
     off), a Ready condition whose last heartbeat is older is the status from before the shutdown,
@@ -62,7 +52,7 @@ def node_view(node: Mapping[str, Any], *, fresh_after: float | None = None) -> N
     is_ready = ready.get("status") == "True"
     reason = "" if is_ready else str(ready.get("reason") or "no Ready condition")
     if is_ready and fresh_after is not None:
-        heartbeat = _epoch(ready.get("lastHeartbeatTime"))
+        heartbeat = kube_time(ready.get("lastHeartbeatTime"))
         if heartbeat is None or heartbeat < fresh_after:
             is_ready, reason = False, f"{STALE_REASON}: no status posted since the shutdown"
     return NodeView(name=str(metadata.get("name", "")), role=role, ready=is_ready, reason=reason, addresses=addresses)

@@ -22,13 +22,12 @@ import ipaddress
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from bot.cluster.kube import CSR, MACHINE, NODE, KubeClient, csr_pending, parse_conditions
+from bot.cluster.kube import CSR, MACHINE, NODE, KubeClient, csr_pending, kube_time, parse_conditions
 from bot.config import NODE_NAME_RE
 from procedures.cluster_nodes import NodeView, in_order, node_view
 
@@ -127,11 +126,7 @@ class CsrReview:
 
 
 def _created(csr: Mapping[str, Any]) -> float:
-    text = str((csr.get("metadata") or {}).get("creationTimestamp") or "")
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    return kube_time((csr.get("metadata") or {}).get("creationTimestamp")) or 0.0
 
 
 def _condition(csr: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,17 @@ def parse_conditions(obj: Mapping[str, Any]) -> tuple[Condition, ...]:
         for c in ((obj.get("status") or {}).get("conditions") or ())
         if isinstance(c, Mapping)
     )
+
+
+def kube_time(value: Any) -> float | None:
+    """A Kubernetes timestamp (RFC 3339, `2020-07-14T17:18:00Z`) as epoch seconds; None when it is
+    absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def csr_pending(csr: Mapping[str, Any]) -> bool:
