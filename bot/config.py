@@ -430,21 +430,9 @@ class Settings(BaseSettings):
     def _decode_json(cls, value: Any) -> Any:
         return _json_list(value)
 
-    @field_validator("backup_retention", mode="before")
+    @field_validator("backup_retention", "approvals_required", mode="before")
     @classmethod
-    def _decode_retention(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value.strip():
-                return {}
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
-        return value
-
-    @field_validator("approvals_required", mode="before")
-    @classmethod
-    def _decode_required(cls, value: Any) -> Any:
+    def _decode_json_object(cls, value: Any) -> Any:
         if isinstance(value, str):
             if not value.strip():
                 return {}
