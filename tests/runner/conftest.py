@@ -7,16 +7,12 @@ Steps are plain async functions; no cluster is involved. Waiting is on condition
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -29,6 +25,7 @@ from bot.runner import Heartbeat, Runner, RunnerPolicy
 from bot.store import Run, RunState, connect_redis
 from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace
+from tests.redis_server import RedisServer, free_port  # noqa: F401 (free_port: imported from here by others)
 
 BOT_TOKEN = "xoxb-runner-test-bot-token"
 APP_TOKEN = "xapp-runner-test-app-token"
@@ -39,47 +36,14 @@ APPROVAL_KEY = b"runner-test-approval-key-0123456789abcdef"
 LAB_APPROVERS = ApproverSpec(usergroup="etcd-approvers")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = (workdir / "redis.log").open("w")
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer(workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        client = redis.Redis.from_url(url)
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"redis-server did not start: {(workdir / 'redis.log').read_text()}") from None
-                time.sleep(0.02)
-        client.close()
-        yield url
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

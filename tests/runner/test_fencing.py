@@ -6,8 +6,6 @@ abort releases only a lock whose token it holds. Real redis-server, the lab's Sl
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from bot.procedure import StepContext, StepKind, StepResult
 from bot.runner import RunnerPolicy
 from bot.store import Run, RunState, StepState
 from bot.tasks import cancel_and_wait
+from tests.redis_server import RedisServer
 from tests.runner.conftest import (
     ALICE,
     BOB,
@@ -30,7 +29,6 @@ from tests.runner.conftest import (
     Calls,
     blocks_text,
     crash,
-    free_port,
     message,
     procedure,
     step,
@@ -161,46 +159,19 @@ async def test_abort_releases_only_a_lock_whose_token_it_holds(make_bot, workspa
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[dict]:
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which the test kills and starts again, empty."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    state: dict = {"port": port, "url": f"redis://127.0.0.1:{port}/0", "proc": None}
-
-    def start() -> None:
-        proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        state["proc"] = proc
-        client = redis.Redis.from_url(state["url"])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
-
-    def kill() -> None:
-        state["proc"].kill()
-        state["proc"].wait(timeout=10)
-
-    state["start"], state["kill"] = start, kill
-    start()
+    server = RedisServer(workdir=tmp_path)
+    server.start()
     try:
-        yield state
+        yield server
     finally:
-        if state["proc"].poll() is None:
-            state["proc"].terminate()
-            state["proc"].wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
-async def own_bots(own_redis: dict, workspace) -> AsyncIterator[BotFactory]:  # type: ignore[no-untyped-def]
-    factory = BotFactory(redis_url=own_redis["url"], workspace=workspace)
+async def own_bots(own_redis: RedisServer, workspace) -> AsyncIterator[BotFactory]:  # type: ignore[no-untyped-def]
+    factory = BotFactory(redis_url=own_redis.url, workspace=workspace)
     yield factory
     for bot in factory.bots:
         try:
@@ -225,10 +196,10 @@ async def test_redis_restarted_without_its_data_mid_step(own_redis, own_bots, wo
     bot = await own_bots(instance_id="one", policy=RunnerPolicy(lock_timeout=lock_timeout, instance_ttl=0.5))
     run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
     await started.wait()
-    own_redis["kill"]()
-    own_redis["start"]()  # empty: no run, no lock, no audit
+    own_redis.kill()
+    own_redis.start()  # empty: no run, no lock, no audit
     restarted = time.monotonic()
-    check = aioredis.Redis.from_url(own_redis["url"])
+    check = aioredis.Redis.from_url(own_redis.url)
     try:
         async def interrupted() -> Run | None:
             found = await bot.runner.store.load(run.id)
