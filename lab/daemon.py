@@ -143,15 +143,15 @@ class LabDaemon:
         for node in (*self.spec.masters, *self.spec.workers):
             await self.add_host(node, prepared=True)  # lay_down prepared every host root
         hosts = time.monotonic()
-        await self._wait_for_quorum()
-        quorum = time.monotonic()
+        await self._wait_for_members()
+        members = time.monotonic()
         await self._seed()
         await self.api.start()
         await self.slack.start()
         self.spawn(self._control_loop(), name="controllers")
         self.ready = True
         self.log(f"lab ready in {time.monotonic() - started:.1f} s (files {laid - started:.1f} s, hosts "
-                 f"{hosts - laid:.1f} s, etcd quorum {quorum - hosts:.1f} s, objects {time.monotonic() - quorum:.1f} s)")
+                 f"{hosts - laid:.1f} s, etcd members healthy {members - hosts:.1f} s, objects {time.monotonic() - members:.1f} s)")
 
     async def add_host(self, master: NodeSpec, *, prepared: bool = False) -> Host:
         root = bootstrap.host_root(self.spec, master.node)
@@ -178,7 +178,7 @@ class LabDaemon:
         )
         self.record_pid(self.redis.pid)
 
-    async def _wait_for_quorum(self) -> None:
+    async def _wait_for_members(self) -> None:
         """Every member healthy, as an installed cluster is: a lab that says ready with a member still
         starting (or failing: another process took its port) breaks the first fault aimed at it."""
         deadline = time.monotonic() + READY_DEADLINE_SECONDS

@@ -54,7 +54,16 @@ from datetime import time as daytime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.backups import CHUNK, BackupRecord, BackupStore, Catalogue, StoredFile, StoreError, new_backup_id
+from bot.backups import (
+    CHUNK,
+    BackupRecord,
+    BackupStore,
+    Catalogue,
+    Received,
+    StoredFile,
+    StoreError,
+    new_backup_id,
+)
 from bot.cluster.etcdctl import human_size
 from bot.cluster.hosts import CommandResult, HostCopyError, shell_command
 from bot.cluster.kube import KubeClient, KubeError, kube_time
@@ -669,16 +678,15 @@ async def _check_on_host(hosts: Any, made: ScriptOutput) -> HostChecks:
     return HostChecks(status=status, sha256=sums)
 
 
-async def _download(ctx: StepContext, made: ScriptOutput, target: Any) -> dict[str, tuple[str, Any]]:
+async def _download(ctx: StepContext, made: ScriptOutput, target: Any) -> dict[str, tuple[str, Received]]:
     """Both files off the master over SFTP into the store's incoming directory, hashed as they
     arrive: file name -> (role, what arrived). Raises HostCopyError."""
     hosts, store = ctx.need_hosts(), _store(ctx)[0]
-    sizes = {made.snapshot_path: made.snapshot_size, made.resources_path: made.resources_size}
-    arrived: dict[str, tuple[str, Any]] = {}
-    for path, dest_dir, role in ((made.snapshot_path, target.snapshot_dir, "snapshot"),
-                                 (made.resources_path, target.resources_dir, "resources")):
+    arrived: dict[str, tuple[str, Received]] = {}
+    for path, size, dest_dir, role in ((made.snapshot_path, made.snapshot_size, target.snapshot_dir, "snapshot"),
+                                       (made.resources_path, made.resources_size, target.resources_dir, "resources")):
         name = path.rsplit("/", 1)[-1]
-        await ctx.heartbeat(f"copying {name} ({human_size(sizes[path])}) from {made.host}; the master checks it meanwhile")
+        await ctx.heartbeat(f"copying {name} ({human_size(size)}) from {made.host}; the master checks it meanwhile")
         chunks = hosts.download(node=made.host, path=path, chunk_size=CHUNK, read_ahead=store.read_ahead)
         arrived[name] = (role, await store.receive(chunks=chunks, dest=dest_dir / name))
     return arrived
