@@ -27,7 +27,6 @@ class AckGate:
     def __init__(self, *, quiet: float = 0.25) -> None:
         self.quiet = quiet
         self._pending = 0
-        self._last_arrival = float("-inf")
         self._recent: deque[float] = deque()  # arrivals within the last `quiet` seconds
         self._settled: asyncio.Event | None = None
 
@@ -51,8 +50,7 @@ class AckGate:
         """Wraps the handling of one request, up to its response (the ack)."""
         event = self._event()
         self._pending += 1
-        self._last_arrival = time.monotonic()
-        self._recent.append(self._last_arrival)
+        self._recent.append(time.monotonic())
         self._forget_old()
         event.clear()
         try:
@@ -71,7 +69,8 @@ class AckGate:
         deadline = time.monotonic() + limit
         while True:
             now = time.monotonic()
-            quiet_for = now - self._last_arrival
+            # the newest arrival is the deque's last; pruned only once older than `quiet`
+            quiet_for = now - self._recent[-1] if self._recent else float("inf")
             if (self._pending == 0 and quiet_for >= self.quiet) or now >= deadline:
                 return
             if self._pending:
