@@ -364,9 +364,17 @@ class Runner:
         self._launch(started, procedure, start_index=0)
         return started
 
-    async def busy(self, *, cluster: str) -> Busy:
-        holder = await lock_holder(self.redis, cluster=cluster, prefix=self._prefix)
-        run = await self.store.load(holder) if holder else None
+    async def busy(self, *, cluster: str, record_wait: float = 2.0) -> Busy:
+        """Who holds `cluster`. A run saves its record just after it takes the lock, so a holder
+        without a record is one that is starting: wait (at most `record_wait`) for the record,
+        so the person refused is told what runs and who started it, not only a run id."""
+        deadline = time.monotonic() + record_wait
+        while True:
+            holder = await lock_holder(self.redis, cluster=cluster, prefix=self._prefix)
+            run = await self.store.load(holder) if holder else None
+            if run is not None or holder is None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         if run is None:
             return Busy(cluster=cluster, run_id=holder)
         current = run.current_step

@@ -130,18 +130,20 @@ def buttons(message: dict[str, Any]) -> list[str]:
             for e in b.get("elements") or []]
 
 
-def run_message(lab: Lab, *, since: int, run_id: str | None = None, user: str = "alice") -> dict[str, Any] | None:
+def run_message(lab: Lab, *, since: int, run_id: str | None = None, user: str = "alice",
+                cluster: str | None = None) -> dict[str, Any] | None:
     for message in seen(lab, since=since, user=user):
         match = RUN_TEXT.match(message.get("text", ""))
-        if match and not message.get("thread_ts") and (run_id is None or match["run"] == run_id):
+        if (match and not message.get("thread_ts") and (run_id is None or match["run"] == run_id)
+                and (cluster is None or match["cluster"] == cluster)):
             return {**message, "run_id": match["run"], "state": match["state"], "cluster": match["cluster"]}
     return None
 
 
 def wait_run(lab: Lab, *, since: int, states: tuple[str, ...], run_id: str | None = None,
-             timeout: float = 120) -> dict[str, Any]:
+             cluster: str | None = None, timeout: float = 120) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        message = run_message(lab, since=since, run_id=run_id)
+        message = run_message(lab, since=since, run_id=run_id, cluster=cluster)
         return message if message and message["state"] in states else None
 
     return wait_for(check, timeout=timeout, what=f"a backup run in {states}", interval=0.2)

@@ -107,8 +107,8 @@ def test_peak_hours_warn_with_a_button_to_go_on(lab: Lab, bot: BotProcess, first
     assert "Back up anyway" in buttons(warning), warning
     assert run_message(lab, since=since) is None  # nothing started yet
     pressed = workspace(lab).press(user="alice", button_text="Back up anyway", channel="incident")
-    done = wait_run(lab, since=int(pressed["cursor"]), states=("succeeded", "failed"))
-    assert done["cluster"] == "lab-peak" and done["state"] == "succeeded", blocks_text(done)
+    done = wait_run(lab, since=int(pressed["cursor"]), cluster="lab-peak", states=("succeeded", "failed"))
+    assert done["state"] == "succeeded", blocks_text(done)
     assert len(stored_backups(lab, "lab-peak")) == 1
 
 

@@ -37,6 +37,9 @@ async def test_hundred_concurrent_starts_make_exactly_one_run(make_bot, rds) -> 
     assert await lock_holder(rds, cluster="prod") == run.id
     assert await bots[0].runner.store.recent_run_ids(cluster="prod", limit=200) == [run.id]
     assert all(b.run_id in (run.id, None) for b in busy)
+    # Even those that asked while the winner was between taking the lock and saving its record
+    # are told what runs and who started it (not "it is just starting").
+    assert all(b.procedure == run.procedure_title and b.requester == ALICE for b in busy), {b.message() for b in busy}
 
     # Once the winner is recorded, the busy answer names it, its procedure, who and where.
     later = await bots[1].runner.start(proc, cluster="prod", parameters={}, requester=BOB, channel=CHANNEL)
