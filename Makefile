@@ -14,7 +14,7 @@ run: deps
 
 test: deps
 	@bash scripts/install-helm.sh $(VENV)/tools >/dev/null
-	PATH="$(CURDIR)/$(VENV)/tools:$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/tools:$$PATH" $(BIN)/python -m pytest -n 3 --dist loadfile -q $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check .
