@@ -94,10 +94,12 @@ async def _run(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT) -> str:
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError) as exc:  # cancelled: the run was aborted or its lock lost
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         raise DrillError(f"`{' '.join(argv[:3])}` did not finish within {timeout:g} s") from None
     if proc.returncode != 0:
         text = (err or out).decode(errors="replace").strip().splitlines()

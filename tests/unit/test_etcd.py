@@ -176,6 +176,10 @@ class LocalPlace:
             proc.kill()
             await proc.wait()
             return Ran(None, "", f"no answer within {timeout:.1f}s", time.monotonic() - started)
+        except asyncio.CancelledError:  # a hedged call that lost the race: leave no etcdctl behind
+            proc.kill()
+            await proc.wait()
+            raise
         return Ran(proc.returncode, out.decode(), err.decode(), time.monotonic() - started)
 
 
