@@ -32,7 +32,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NewType, Protocol, TypeVar
@@ -189,6 +189,21 @@ class PlannedCommand:
 
     target: str
     command: str
+
+
+NO_ACTION = "none"  # the target of a plan line that sends nothing, only says why
+
+
+def no_action(why: str) -> PlannedCommand:
+    """A plan line for what a step will not do now (no valid CSR pending, nothing to delete)."""
+    return PlannedCommand(NO_ACTION, why)
+
+
+def acts(commands: Sequence[PlannedCommand]) -> bool:
+    """Whether a plan sends anything. A destructive step whose plan does not act needs no
+    approval: asking a second person at 3 a.m. to approve "nothing" teaches them to press Approve
+    without reading. The runner checks again right before the step, and asks if it acts by then."""
+    return any(c.target != NO_ACTION for c in commands)
 
 
 Fence = Callable[[], Awaitable[None]]

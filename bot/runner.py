@@ -64,6 +64,7 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    acts,
     admit,
     no_fence,
     plan_of,
@@ -183,6 +184,7 @@ class _Grant:
 
     request_id: str
     step_ids: frozenset[StepId]
+    nothing_to_approve: bool = False  # the plan sent nothing: no request, checked again before the step
 
 
 @dataclass(frozen=True)
@@ -611,6 +613,12 @@ class Runner:
             return run, None, _Stop(
                 RunState.FAILED, error=f"could not work out what *{step.title}* would do: {type(exc).__name__}: {exc}",
                 next_action=f"{safe} Check `/etcd-status {run.cluster}` and start again.")
+        if not any(acts(commands) for _, _, commands in plans):
+            await self.audit.record(
+                cluster=run.cluster, event="approval.not_needed", actor="", run_id=run.id, step=step.id,
+                steps=[s.id for s in group], plan=[[c.target, c.command] for _, _, cs in plans for c in cs],
+            )
+            return run, _Grant(request_id="", step_ids=frozenset(s.id for s in group), nothing_to_approve=True), None
         plan = plan_for(run, plans)
         now = time.time()
         waiting = replace(run.step(step.id), state=StepState.WAITING_APPROVAL, note="waiting for approval (see the thread)")
@@ -657,6 +665,12 @@ class Runner:
         """The last word before a destructive call: the plan computed again now, and the approval
         records themselves, read from Redis and checked against it."""
         plan_now = StepPlan(step_id=step.id, title=step.title, commands=tuple(await plan_of(step, ctx)))
+        if grant is not None and grant.nothing_to_approve:
+            if acts(plan_now.commands):
+                sends = "; ".join(f"`{escape(c.target)}`: `{escape(c.command)}`" for c in plan_now.commands)
+                return GrantCheck(False, "plan_changed", f"it had nothing to do when the run reached it, and now "
+                                                         f"sends: {sends}"), plan_now
+            return GrantCheck(True, "ok"), plan_now
         state = await self.records.state(grant.request_id) if grant is not None else None
         check = check_grant(state, run=run, step_id=step.id, plan_now=plan_now,
                             required=self.approval_policy.required_for(run.procedure), now=time.time())

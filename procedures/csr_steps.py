@@ -5,7 +5,8 @@ is approved and issued, it files a kubelet-serving CSR (as `system:node:<name>`)
 approved too. So the loop is two rounds, each a review step (it waits, within `csr_settle`, for
 the nodes it expects to file their CSR) and an approval step. An approval step is destructive:
 the runner asks another person first, with the plan naming every CSR it will approve (and the
-suspicious ones it never will); at run time it approves exactly the valid pending CSRs, which
+suspicious ones it never will); with no valid CSR pending its plan sends nothing, and the runner
+asks nobody (it checks again right before the step, and asks if a valid CSR appeared by then); at run time it approves exactly the valid pending CSRs, which
 is the same list unless the cluster changed (then the engine asks again). Approving a CSR that
 is already approved does nothing, so both steps are safe to repeat.
 
@@ -28,6 +29,7 @@ from bot.procedure import (
     StepKind,
     StepResult,
     WaitTimedOut,
+    no_action,
     wait_until,
 )
 from procedures.csrs import CsrView, describe, read_csrs, summary, whose
@@ -120,8 +122,8 @@ def approve_plan_of(view: CsrView) -> list[PlannedCommand]:
     """Exactly what the approval step approves (and the CSRs it never will)."""
     commands = [PlannedCommand("api", f"oc adm certificate approve {c.name}  # {c.kind} CSR of {c.node}")
                 for c in view.valid]
-    commands += [PlannedCommand("bot", f"never approved: {c.name} (suspicious: {c.why})") for c in view.suspicious]
-    return commands or [PlannedCommand("bot", "nothing to approve: no valid CSR is pending now")]
+    commands += [no_action(f"never approved: {c.name} (suspicious: {c.why})") for c in view.suspicious]
+    return commands or [no_action("nothing to approve: no valid CSR is pending now")]
 
 
 def approve_step(step_id: StepId, title: str) -> Step:

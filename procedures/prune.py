@@ -28,6 +28,7 @@ from bot.procedure import (
     StepId,
     StepKind,
     StepResult,
+    no_action,
     register,
 )
 from bot.pruning import PrunePlan, apply_prune, plan_prune
@@ -104,7 +105,7 @@ async def _delete_plan(ctx: StepContext) -> list[PlannedCommand]:
     except StepFailed:
         return [PlannedCommand("bot", "delete what the first step decides")]
     if not plan.deletions:
-        return [PlannedCommand("bot", "nothing to delete")]
+        return [no_action("nothing to delete")]
     return [PlannedCommand("delete", f"{r.id} ({human_size(r.size)}, OpenShift {r.version}): {'; '.join(v.reasons)}"
                                      f" -> remove {_dir_of(r)}") for r, v in plan.deletions]
 

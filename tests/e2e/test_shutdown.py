@@ -24,6 +24,7 @@ from tests.e2e.backup_support import (
     buttons,
     clusters_setting,
     command,
+    seen,
     stored_backups,
 )
 from tests.e2e.shutdown_support import (
@@ -104,6 +105,20 @@ def test_without_a_recent_backup_it_refuses_and_offers_to_take_one(lab: Lab, bot
     assert buttons(warned) == ["Back up, then shut down"]
     assert run_message(lab, procedure="shutdown", since=since) is None
     assert stored_backups(lab) == {}
+    unchanged(lab)
+
+
+def test_approve_csrs_with_none_pending_asks_nobody(lab: Lab, bot: BotProcess) -> None:
+    """A healthy cluster: nothing pending, so the run reviews, approves nothing and finishes; no
+    second person is asked to approve "nothing"."""
+    before = csr_conditions(lab)
+    since = command(lab, "/etcd-approve-csrs")
+    done = wait_run(lab, procedure="approve-csrs", since=since, states=("succeeded", "failed"), timeout=120)
+    text = blocks_text(done)
+    assert done["state"] == "succeeded", text
+    assert "approved 0 CSRs" in text and "all 5 nodes Ready" in text, text
+    assert not [m for m in seen(lab, since=since, user="bob") if "Approval needed" in blocks_text(m)]
+    assert csr_conditions(lab) == before  # no CSR changed
     unchanged(lab)
 
 

@@ -23,7 +23,7 @@ from bot.approvals import (
     sign,
 )
 from bot.locks import lock_holder
-from bot.procedure import PlannedCommand, StepContext, StepKind, StepResult
+from bot.procedure import PlannedCommand, StepContext, StepKind, StepResult, no_action
 from bot.store import Run, RunState, quarantined
 from tests.runner.conftest import (
     ALICE,
@@ -313,6 +313,49 @@ async def test_a_plan_that_changes_between_gate_and_start_asks_a_new_approval(ma
     assert done is not None and done.state is RunState.SUCCEEDED
     assert ran_with == ["2f1a7d3e6c5b4a90"]
     assert [c.command for c in done.step("wipe").planned] == ["etcdctl member remove 2f1a7d3e6c5b4a90"]
+
+
+async def test_a_destructive_step_with_nothing_to_do_asks_nobody(make_bot, workspace, rds) -> None:  # type: ignore[no-untyped-def]
+    """No valid CSR pending: the approval step's plan sends nothing, so nobody is asked to approve
+    "nothing"; the step runs (and does nothing) and the run says so in its audit."""
+    calls = Calls()
+    proc = make_bot.add(procedure("approve-csrs", step("review", calls=calls),
+                                  step("approve", kind=StepKind.DESTRUCTIVE, calls=calls,
+                                       plan=lambda _ctx: [no_action("nothing to approve: no valid CSR is pending now")])))
+    bot = await make_bot(instance_id="one")
+    run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
+    done = await bot.runner.wait(run.id, timeout=10)
+    assert done is not None and done.state is RunState.SUCCEEDED, done
+    assert calls["approve"] == 1 and requests(workspace, run) == []
+    assert done.step("approve").approved_by == "" and done.step("approve").approval == ""
+    [skipped] = [e for e in await bot.runner.audit.entries(cluster="prod") if e["event"] == "approval.not_needed"]
+    assert skipped["step"] == "approve" and "nothing to approve" in json.dumps(skipped["plan"])
+
+
+async def test_a_step_that_had_nothing_to_do_and_now_acts_asks_first(make_bot, workspace, rds) -> None:  # type: ignore[no-untyped-def]
+    """A valid CSR appears between the gate (nothing to approve) and the step: the runner's last
+    check sees the plan act now, and asks a person before anything is approved."""
+    calls = Calls()
+    planned = {"n": 0}
+
+    def plan(_ctx: StepContext) -> list[PlannedCommand]:
+        planned["n"] += 1
+        if planned["n"] == 1:
+            return [no_action("nothing to approve: no valid CSR is pending now")]
+        return [PlannedCommand("api", "oc adm certificate approve csr-8vx2k  # client CSR of ip-10-0-131-183")]
+
+    proc = make_bot.add(procedure("approve-csrs", step("review", calls=calls),
+                                  step("approve", kind=StepKind.DESTRUCTIVE, calls=calls, plan=plan)))
+    bot = await make_bot(instance_id="one")
+    run = await bot.runner.start(proc, cluster="prod", parameters={}, requester=ALICE, channel=CHANNEL)
+    request = await next_request(workspace, run)
+    text = blocks_text(request.blocks)
+    assert "nothing to do when the run reached it" in text and "csr-8vx2k" in text, text
+    assert calls["approve"] == 0
+    assert (await press(bot, request, by=BOB)).accepted
+    done = await bot.runner.wait(run.id, timeout=10)
+    assert done is not None and done.state is RunState.SUCCEEDED
+    assert calls["approve"] == 1 and done.step("approve").approved_by == BOB
 
 
 async def test_an_approval_that_expires_before_its_step_starts_is_asked_again(make_bot, workspace, rds) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bot.procedure import acts
 from procedures.cluster_nodes import NodeView, in_order, node_view
 from procedures.csr_steps import approve_plan_of
 from procedures.csrs import (
@@ -160,9 +161,11 @@ def test_the_approval_plan_names_exactly_the_valid_pending_csrs_and_never_a_susp
     approvals = [p.command for p in plan if "certificate approve" in p.command]
     assert approvals == [f"oc adm certificate approve csr-m  # client CSR of {MASTER}",
                          f"oc adm certificate approve csr-w  # client CSR of {WORKER}"]
-    assert [p.target for p in plan if "csr-forged" in p.command] == ["bot"]
+    assert not acts([p for p in plan if "csr-forged" in p.command])  # a note in the plan, never an action
+    assert not acts(approve_plan_of(view(csr("csr-forged", node="ip-10-0-99-99.ec2.internal"))))  # only a forged one
     assert "never approved: csr-forged (suspicious: no node or machine named" in plan[-1].command
-    assert approve_plan_of(view(csr("csr-old", node=MASTER, approved=True)))[0].command.startswith("nothing to approve")
+    [nothing] = approve_plan_of(view(csr("csr-old", node=MASTER, approved=True)))
+    assert nothing.command.startswith("nothing to approve") and not acts([nothing])  # the runner asks nobody
 
 
 def test_review_text_lists_requestor_node_usages_age_and_verdict() -> None:
