@@ -16,7 +16,6 @@ from typing import Any
 
 from bot.cluster.kube import KubeError
 from bot.procedure import (
-    NotYet,
     PlannedCommand,
     Procedure,
     Step,
@@ -27,9 +26,8 @@ from bot.procedure import (
     StepResult,
     WaitTimedOut,
     register,
-    wait_until,
 )
-from procedures.cluster_nodes import list_nodes
+from procedures.cluster_nodes import wait_nodes_ready
 from procedures.csr_steps import approve_step, review_step
 from procedures.csrs import read_csrs
 
@@ -50,23 +48,12 @@ class AllReady:
 
 
 async def nodes_ready(ctx: StepContext) -> StepResult:
-    kube = ctx.need_kube()
-
-    async def ready() -> tuple[str, ...] | NotYet:
-        try:
-            nodes = await list_nodes(kube)
-        except (KubeError, TimeoutError) as exc:
-            return NotYet(f"the API does not answer ({str(exc)[:120]})")
-        late = [f"{n.name} ({n.reason})" for n in nodes if not n.ready]
-        return NotYet("NotReady: " + ", ".join(late)) if late else tuple(n.name for n in nodes)
-
     try:
-        found = await wait_until(ready, what="every node Ready", deadline=ctx.settings.restart_timeout,
-                                 heartbeat=ctx.heartbeat, interval=2.0)
+        found = await wait_nodes_ready(ctx, wanted=None, what="every node Ready")
     except WaitTimedOut as exc:
         pending = ""
         try:
-            view = await read_csrs(kube)
+            view = await read_csrs(ctx.need_kube())
             if view.pending:
                 pending = "; pending CSRs: " + ", ".join(f"{c.name} ({'valid' if c.valid else 'suspicious'}, "
                                                          f"{c.kind} of {c.node or '?'})" for c in view.pending)

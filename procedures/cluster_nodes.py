@@ -1,17 +1,18 @@
 """The cluster's nodes as chapters 3 and 4 read them: `oc get nodes` (name, role, Ready) and the
 addresses a node's serving certificate may name.
 
-Shared by the shutdown (every node, masters and workers, to power off) and the restart check
-(masters Ready first, then workers; the CSR review). Parsing is pure and unit-tested.
+Shared by the shutdown (every node, masters and workers, to power off), the restart check
+(masters Ready first, then workers; the CSR review) and the CSR approval (every node Ready). Parsing is pure and unit-tested.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.cluster.kube import NODE, KubeClient, kube_time
+from bot.cluster.kube import NODE, KubeClient, KubeError, kube_time
+from bot.procedure import NotYet, StepContext, wait_until
 
 ROLE_PREFIX = "node-role.kubernetes.io/"
 
@@ -67,3 +68,24 @@ async def list_nodes(kube: KubeClient, *, fresh_after: float | None = None) -> l
     """`oc get nodes`: masters first (`fresh_after`: see node_view). Raises KubeError when the API
     does not answer."""
     return in_order([node_view(n, fresh_after=fresh_after) for n in await kube.list_objects(NODE)])
+
+
+async def wait_nodes_ready(ctx: StepContext, *, wanted: Sequence[str] | None, what: str,
+                           fresh_after: float | None = None) -> tuple[str, ...]:
+    """Waits, within `restart_timeout`, until every node named in `wanted` (None: every node the
+    API lists) is Ready, and returns their names. A node the API does not list counts as not
+    Ready. Raises WaitTimedOut (with the nodes still NotReady as its last reading)."""
+    kube = ctx.need_kube()
+
+    async def ready() -> tuple[str, ...] | NotYet:
+        try:
+            nodes = {n.name: n for n in await list_nodes(kube, fresh_after=fresh_after)}
+        except (KubeError, TimeoutError) as exc:
+            return NotYet(f"the API does not answer ({str(exc)[:120]})")
+        names = tuple(nodes) if wanted is None else tuple(wanted)
+        late = [f"{n} ({nodes[n].reason})" if n in nodes else f"{n} (not listed)" for n in names
+                if n not in nodes or not nodes[n].ready]
+        return NotYet("NotReady: " + ", ".join(late)) if late else names
+
+    return await wait_until(ready, what=what, deadline=ctx.settings.restart_timeout, heartbeat=ctx.heartbeat,
+                            interval=2.0)

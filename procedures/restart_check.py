@@ -39,7 +39,7 @@ from bot.procedure import (
     register,
     wait_until,
 )
-from procedures.cluster_nodes import NodeView, list_nodes
+from procedures.cluster_nodes import NodeView, list_nodes, wait_nodes_ready
 from procedures.csr_steps import approve_step, review_step
 from procedures.csrs import read_csrs
 from procedures.guards import newest_usable_backup, restore_advice, running_version
@@ -176,22 +176,11 @@ def ready_step(step_id: StepId, title: str, *, role: str) -> Step:
     async def run(ctx: StepContext) -> StepResult:
         expected = ctx.result(S_EXPECT, Expected)
         wanted = expected.masters if role == "master" else expected.workers
-        kube = ctx.need_kube()
-
-        async def ready() -> tuple[str, ...] | NotYet:
-            try:
-                nodes = {n.name: n for n in await list_nodes(kube, fresh_after=expected.fresh_after)}
-            except (KubeError, TimeoutError) as exc:
-                return NotYet(f"the API does not answer ({str(exc)[:120]})")
-            late = [f"{n} ({nodes[n].reason})" if n in nodes else f"{n} (not listed)" for n in wanted
-                    if n not in nodes or not nodes[n].ready]
-            return NotYet("NotReady: " + ", ".join(late)) if late else tuple(wanted)
-
         if not wanted:
             return StepResult.of(f"no {role} nodes to wait for", ReadyNodes(nodes=()))
         try:
-            found = await wait_until(ready, what=f"every {role} node Ready", deadline=ctx.settings.restart_timeout,
-                                     heartbeat=ctx.heartbeat, interval=2.0)
+            found = await wait_nodes_ready(ctx, wanted=wanted, what=f"every {role} node Ready",
+                                           fresh_after=expected.fresh_after)
         except WaitTimedOut as exc:
             hint = await _csr_hint(ctx)
             raise await not_recovered(ctx, what=f"{exc}{hint}") from exc
