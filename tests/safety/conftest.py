@@ -127,6 +127,11 @@ class Harness:
     def hold(self) -> None:
         (self.workdir / "go").unlink(missing_ok=True)
 
+    def hold_stop(self, held: bool = True) -> None:
+        """Keeps the approval group's first step ("stop") running until called with False."""
+        path = self.workdir / "hold-stop"
+        path.touch() if held else path.unlink(missing_ok=True)
+
 
 @pytest.fixture
 async def harness(redis_server: RedisServer, workspace: SlackWorkspace, tmp_path: Path) -> AsyncIterator[Harness]:  # noqa: F811

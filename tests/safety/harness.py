@@ -19,12 +19,15 @@ production code; only the composition is small and local.
 
 The test procedure `test-destroy` ("remove the etcd member of node N", ch. 2.4 style):
   1. check (read)
-  2. destroy (destructive): its plan is `etcdctl member remove <id>` for the member whose peer URL
+  2. stop (destructive, one approval group with destroy): appends "stop <instance> <run>" to
+     HARNESS_DIR/actions and, while HARNESS_DIR/hold-stop exists, waits (the step between an
+     approval's press and the next step's start)
+  3. destroy (destructive): its plan is `etcdctl member remove <id>` for the member whose peer URL
      (run parameter `peer`) or whose id in HARNESS_DIR/member is named; its run() appends
      "begin <instance> <run>" to HARNESS_DIR/actions, waits for HARNESS_DIR/go, calls
      `ctx.fence()` and appends "harm <instance> <run> <command>". It never touches the cluster:
      the actions file is what the tests count.
-  3. verify (read)
+  4. verify (read)
 """
 
 from __future__ import annotations
@@ -121,13 +124,26 @@ def test_procedure(cluster: Cluster, *, instance: str) -> Procedure:
     def no_plan(_ctx: StepContext) -> list[PlannedCommand]:
         return []
 
+    def plan_stop(_ctx: StepContext) -> list[PlannedCommand]:
+        node = cluster.node or "master-0"
+        return [PlannedCommand(target=f"ssh core@{node}", command="sudo mv /etc/kubernetes/manifests/etcd-pod.yaml /tmp")]
+
+    async def stop_member(ctx: StepContext) -> StepResult:
+        record(f"stop {instance} {ctx.run_id}")
+        while (cluster.workdir / "hold-stop").exists():  # a test keeps the group's first step busy
+            await asyncio.sleep(0.05)
+        await ctx.fence()
+        return StepResult(summary="stopped the member's static pod")
+
     return Procedure(
         name=NAME, title="Remove an etcd member (test)", chapter="2.4",
         steps=(
             Step(id=StepId("check"), title="Check the members", kind=StepKind.READ, run=check, plan=no_plan,
                  safe_to_repeat=True),
+            Step(id=StepId("stop"), title="Stop the member's static pod", kind=StepKind.DESTRUCTIVE, run=stop_member,
+                 plan=plan_stop, timeout=600, safe_to_repeat=True, approval_group="remove"),
             Step(id=StepId("destroy"), title="Remove the member", kind=StepKind.DESTRUCTIVE, run=destroy,
-                 plan=plan_destroy, timeout=600),
+                 plan=plan_destroy, timeout=600, approval_group="remove"),
             Step(id=StepId("verify"), title="Verify the members", kind=StepKind.READ, run=check, plan=no_plan,
                  safe_to_repeat=True),
         ),

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bot.approvals import request_key
 from bot.locks import lock_value
 from bot.store import Run, RunState, RunStore, StepState
 from tests.labfixture import ROOT
@@ -323,6 +324,31 @@ async def test_with_two_approvals_required_one_is_not_enough(harness, slack, rds
     done = await until(lambda: _state(rds, run, RunState.SUCCEEDED), timeout=30, what="the run to succeed")
     assert sorted(done.step("destroy").approved_by.split(",")) == ["U0BOB0001", "U0CAROL01"]
     assert len(lines(harness, "harm", run)) == 1
+
+
+async def test_an_approval_that_expires_between_press_and_start_is_asked_again(harness, slack, rds) -> None:  # type: ignore[no-untyped-def]
+    """bob approves the group (stop, then destroy) in time; the stop step takes longer than the
+    approval lives, so the destroy step, checked as it starts, finds the approval expired: nothing
+    is removed, a new approval is asked, and carol's approval removes the member once."""
+    harness.hold_stop()
+    harness.go()
+    await harness.bot("one", expiry=4).ready()
+    run = run_id(await start_run(slack))
+    first = await open_request(slack, run, count=1)
+    await approve(slack, first, "bob")
+    await until(lambda: lines(harness, "stop", run), timeout=30, what="the group's first step to start")
+    request_id = json.loads(next(e["value"] for b in first.blocks if b["type"] == "actions" for e in b["elements"]
+                                 if e["action_id"] == "approval_approve"))["req"]
+    expires_at = json.loads(await rds.hget(request_key(request_id), "request"))["payload"]["expires_at"]
+    await until(lambda: time.time() > expires_at + 0.5, timeout=30, what="the approval to expire")
+    harness.hold_stop(False)
+    second = await open_request(slack, run, count=2)
+    assert "expired" in blocks_text(second.blocks) and "Remove the member" in blocks_text(second.blocks)
+    assert lines(harness, "begin", run) == []  # the expired approval let nothing run
+    await approve(slack, second, "carol")
+    done = await until(lambda: _state(rds, run, RunState.SUCCEEDED), timeout=30, what="the run to succeed")
+    assert len(lines(harness, "harm", run)) == 1 and len(lines(harness, "stop", run)) == 1
+    assert done.step("destroy").approved_by == "U0CAROL01" and done.step("stop").approved_by == "U0BOB0001"
 
 
 async def _noted(rds: aioredis.Redis, run: str, note: str) -> bool:
