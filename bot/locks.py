@@ -18,8 +18,8 @@ in its Lua scripts. What this module adds:
   step in flight: nothing waits for the next step boundary.
 
 There is no "take back the lock of my run after a restart": the token of a previous holder is
-never reused. A run is adopted only once its lock has expired (bot/runner.py), so a holder that
-still renews is never doubled. Read-only commands never come here.
+never reused. A run is adopted only once its lock has expired (bot/run_recovery.py), so a holder
+that still renews is never doubled. Read-only commands never come here.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ from bot.log import get_logger
 from bot.notify import Notifier, failure_line, missed_line, success_line
 from bot.procedure import Admission, Procedure, Verdict
 from bot.progress import ThrottledSender, slack_time
-from bot.runner import Busy, Runner
+from bot.run_types import Busy
+from bot.runner import Runner
 from bot.store import Run, RunState
 
 log = get_logger(__name__)

@@ -55,7 +55,8 @@ from bot.procedure import (
     no_fence,
 )
 from bot.progress import ThrottledSender
-from bot.runner import Heartbeat, Runner, RunnerPolicy
+from bot.run_types import Heartbeat, RunnerPolicy
+from bot.runner import Runner
 from bot.scheduler import BackupScheduler
 from bot.shutdowns import ShutdownLog
 from bot.store import Run, RunStore, connect_redis

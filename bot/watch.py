@@ -34,7 +34,8 @@ from bot.config import ClusterSettings, Settings
 from bot.log import get_logger
 from bot.notify import Notifier, stale_line, stale_text
 from bot.procedure import Admission
-from bot.runner import Busy, Runner
+from bot.run_types import Busy
+from bot.runner import Runner
 from bot.scheduler import BackupScheduler
 from bot.store import Run
 from bot.tasks import cancel_and_wait

@@ -24,7 +24,8 @@ from bot.config import Settings
 from bot.log import get_logger
 from bot.notify import age_text
 from bot.procedure import Admission, Procedure
-from bot.runner import Busy, Runner
+from bot.run_types import Busy
+from bot.runner import Runner
 from handlers.common import CLUSTER_ARG, CommandSpec, counted, escape, mark_outcome, parse_for_cluster
 
 log = get_logger("etcdbot.backup")

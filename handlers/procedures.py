@@ -25,7 +25,8 @@ from bot.config import CLUSTER_NAME_RE, Settings
 from bot.log import get_logger
 from bot.procedure import Admission, Procedure, Registration, Verdict, registered
 from bot.progress import slack_time
-from bot.runner import Busy, Runner
+from bot.run_types import Busy
+from bot.runner import Runner
 from handlers.common import (
     CLUSTER_ARG,
     Arg,

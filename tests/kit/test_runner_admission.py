@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from bot.locks import lock_holder
 from bot.procedure import Admission, StepContext, Verdict
-from bot.runner import Plan
+from bot.run_types import Plan
 from bot.store import Run, RunState
 from tests.runner.conftest import (  # noqa: F401 (fixtures)
     ALICE,
@@ -63,7 +63,7 @@ async def test_admission_gates_every_start(make_bot, workspace, rds) -> None:  #
 
 async def test_a_scheduled_start_overrides_a_warning_never_a_refusal(rds, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from bot.procedure import RunId
-    from bot.runner import Busy
+    from bot.run_types import Busy
     from bot.scheduler import BackupScheduler
     from tests.runner.test_scheduler import settings
 

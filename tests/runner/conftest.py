@@ -21,7 +21,8 @@ from bot.audit import Audit
 from bot.procedure import Fence, PlanFn, PlannedCommand, Procedure, StepContext, StepId, StepKind, StepResult
 from bot.procedure import Step as ProcedureStep
 from bot.progress import ThrottledSender
-from bot.runner import Heartbeat, Runner, RunnerPolicy
+from bot.run_types import Heartbeat, RunnerPolicy
+from bot.runner import Runner
 from bot.store import Run, RunState, connect_redis
 from bot.tasks import cancel_and_wait
 from lab.slack import SlackWorkspace

@@ -393,7 +393,7 @@ async def test_an_approval_that_expires_before_its_step_starts_is_asked_again(ma
 
 
 async def test_crash_during_a_destructive_step_resume_asks_a_fresh_approval(make_bot, workspace, rds) -> None:  # type: ignore[no-untyped-def]
-    from bot.runner import RunnerPolicy
+    from bot.run_types import RunnerPolicy
 
     calls = Calls()
     never = asyncio.Event()

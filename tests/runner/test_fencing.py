@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from bot.locks import lock_holder, lock_key, lock_value
 from bot.procedure import StepContext, StepKind, StepResult
-from bot.runner import RunnerPolicy
+from bot.run_types import RunnerPolicy
 from bot.store import Run, RunState, StepState
 from bot.tasks import cancel_and_wait
 from tests.redis_server import RedisServer

@@ -12,7 +12,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
 from bot.procedure import StepContext, StepKind, StepResult
-from bot.runner import RunnerPolicy
+from bot.run_types import RunnerPolicy
 from bot.store import Run, RunState
 from handlers.runs import register
 from lab.slack import SlackWorkspace

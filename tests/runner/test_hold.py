@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bot.locks import lock_holder
 from bot.procedure import StepContext, StepFailed, StepResult
-from bot.runner import Busy
+from bot.run_types import Busy
 from bot.store import RunState, StepState
 from tests.runner.conftest import (
     ALICE,

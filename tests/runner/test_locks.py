@@ -8,7 +8,7 @@ import time
 
 from bot.locks import lock_holder
 from bot.procedure import StepContext, StepResult
-from bot.runner import Busy, RunnerPolicy
+from bot.run_types import Busy, RunnerPolicy
 from bot.store import Run, RunState
 from tests.runner.conftest import ALICE, BOB, CHANNEL, Calls, crash, procedure, step, until
 

@@ -9,7 +9,7 @@ import json
 
 from bot.approvals import request_key
 from bot.procedure import StepContext, StepKind, StepResult
-from bot.runner import RunnerPolicy
+from bot.run_types import RunnerPolicy
 from bot.store import Run, RunState
 from handlers.runs import render_runs
 from tests.runner.conftest import (

@@ -9,7 +9,7 @@ import pytest
 
 from bot.locks import lock_holder
 from bot.procedure import StepContext, StepFailed, StepKind, StepResult
-from bot.runner import RunnerPolicy
+from bot.run_types import RunnerPolicy
 from bot.store import Run, RunState, StepState
 from tests.runner.conftest import (
     ALICE,

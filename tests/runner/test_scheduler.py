@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from bot.config import Settings, load_settings
 from bot.procedure import Admission, Procedure, RunId
-from bot.runner import Busy
+from bot.run_types import Busy
 from bot.scheduler import BackupScheduler, claim_fire
 from procedures.backup import age_refusal
 

@@ -51,7 +51,8 @@ from bot.log import configure_logging, get_logger
 from bot.metrics import SlackApiObserver
 from bot.procedure import Fence, PlannedCommand, Procedure, Step, StepContext, StepId, StepKind, StepResult
 from bot.progress import ThrottledSender
-from bot.runner import Heartbeat, Runner, RunnerPolicy
+from bot.run_types import Heartbeat, RunnerPolicy
+from bot.runner import Runner
 from bot.store import Run, connect_redis
 from bot.tasks import cancel_and_wait
 from handlers.runs import register

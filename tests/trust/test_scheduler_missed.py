@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from bot.config import Settings, load_settings
 from bot.procedure import Procedure, RunId
-from bot.runner import Busy
+from bot.run_types import Busy
 from bot.scheduler import BackupScheduler, last_key, missed_fires, trigger_for
 
 

@@ -17,7 +17,7 @@ from bot.backups import BackupStore, Catalogue
 from bot.config import Settings, load_settings
 from bot.notify import Notifier
 from bot.procedure import Procedure, RunId
-from bot.runner import Busy
+from bot.run_types import Busy
 from bot.scheduler import BackupScheduler
 from bot.store import Run
 from bot.watch import BackupWatch
