@@ -10,7 +10,7 @@ progress message and audit), started from here because it is a word of `/etcd-ba
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +23,8 @@ from bot.cluster.etcdctl import human_size
 from bot.config import Settings
 from bot.log import get_logger
 from bot.notify import age_text
-from bot.procedure import Admission, Procedure
-from bot.run_types import Busy
+from bot.procedure import Admission
+from bot.run_types import Busy, ProcedureFactory
 from bot.runner import Runner
 from handlers.common import CLUSTER_ARG, CommandSpec, counted, escape, mark_outcome, parse_for_cluster
 
@@ -36,7 +36,6 @@ PRUNE = "prune"  # procedures/prune.py's name (handlers build procedures by name
 LIST_LIMIT = 25
 
 Respond = Callable[..., Awaitable[Any]]
-ProcedureFactory = Callable[[str, Mapping[str, Any]], Procedure]
 
 
 def drill_cell(record: BackupRecord) -> str:

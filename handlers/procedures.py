@@ -23,9 +23,9 @@ from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, Markdown
 from bot.auth import Authorizer
 from bot.config import CLUSTER_NAME_RE, Settings
 from bot.log import get_logger
-from bot.procedure import Admission, Procedure, Registration, Verdict, registered
+from bot.procedure import Admission, Registration, Verdict, registered
 from bot.progress import slack_time
-from bot.run_types import Busy
+from bot.run_types import Busy, ProcedureFactory
 from bot.runner import Runner
 from handlers.common import (
     CLUSTER_ARG,
@@ -44,7 +44,6 @@ OVERRIDE_ACTION = "admission_override"
 DRY_RUN = "--dry-run"
 
 Respond = Callable[..., Awaitable[Any]]
-ProcedureFactory = Callable[[str, Mapping[str, Any]], Procedure]
 
 
 def spec_of(registration: Registration) -> CommandSpec:
