@@ -157,8 +157,8 @@ def approve_step(step_id: StepId, title: str) -> Step:
         if failed:
             raise StepFailed(f"{len(failed)} CSR approval(s) failed: {'; '.join(failed)}", retryable=True,
                              next_action=f"Check `oc get csr`, then run `/etcd-approve-csrs {ctx.cluster_name}`.")
-        text = (f"approved {len(done)} CSR{'s' if len(done) != 1 else ''}"
-                + (f" ({whose(view, done)}): {', '.join(c.name for c in done)}" if done else ""))
+        text = (f"approved {len(done)} CSR{'s' if len(done) != 1 else ''} ({whose(view, done)}): "
+                f"{', '.join(c.name for c in done)}" if done else "nothing to approve: no valid CSR was pending")
         if flagged:
             text += f"; {len(flagged)} suspicious left pending: {', '.join(flagged)}"
         return StepResult.of(text, Approved(approved=tuple(approved), nodes=tuple(dict.fromkeys(c.node for c in done)),
