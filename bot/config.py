@@ -183,6 +183,17 @@ def check_usergroup(value: str) -> str:
     if not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
         raise ValueError(f"{value!r} is not a user group handle or ID")
     return value.lstrip("@")
+
+
+def check_optional_usergroup(value: str | None) -> str | None:
+    return None if value is None else check_usergroup(value)
+
+
+def check_user_ids(values: tuple[str, ...]) -> tuple[str, ...]:
+    for user in values:
+        if not SLACK_USER_ID_RE.fullmatch(user):
+            raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
+    return values
 # -- approvals (engine): who may approve a cluster's destructive steps -------------------------------
 
 
@@ -197,17 +208,12 @@ class ApproverSettings(BaseModel):
     @field_validator("usergroup")
     @classmethod
     def _usergroup(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
-            raise ValueError(f"{value!r} is not a user group handle or ID")
-        return value.lstrip("@") if value else None
+        return check_optional_usergroup(value)
 
     @field_validator("users")
     @classmethod
     def _users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for user in value:
-            if not SLACK_USER_ID_RE.fullmatch(user):
-                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
-        return value
+        return check_user_ids(value)
 
 
 APPROVAL_KEY_CONTEXT = b"etcdbot approval decisions v1"
@@ -469,10 +475,7 @@ class Settings(BaseSettings):
     @field_validator("approver_users")
     @classmethod
     def _approver_users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for user in value:
-            if not SLACK_USER_ID_RE.fullmatch(user):
-                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
-        return value
+        return check_user_ids(value)
 
     def approvers_of(self, cluster: str) -> ApproverSettings:
         """Who may approve `cluster`'s destructive steps: its own `approvers`, else the global ones."""
@@ -525,10 +528,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_users")
     @classmethod
     def _users(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for user in value:
-            if not SLACK_USER_ID_RE.fullmatch(user):
-                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
-        return value
+        return check_user_ids(value)
 
     @field_validator("allowed_usergroup", mode="before")
     @classmethod
@@ -538,9 +538,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_usergroup", "approver_usergroup")
     @classmethod
     def _group(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"@?[A-Za-z0-9._-]{1,80}", value):
-            raise ValueError(f"{value!r} is not a user group handle or ID")
-        return value.lstrip("@") if value else value
+        return check_optional_usergroup(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -61,6 +61,9 @@ def test_empty_allowed_users_is_an_empty_list(files):
     ({"ETCDBOT_CLUSTERS": "[{"}, "ETCDBOT_CLUSTERS: not valid JSON"),
     ({"ETCDBOT_SLACK_MODE": "websocket"}, "ETCDBOT_SLACK_MODE: Input should be 'socket' or 'http'. Set it to socket or http"),
     ({"ETCDBOT_ALLOWED_USERS": '["alice"]'}, "ETCDBOT_ALLOWED_USERS: 'alice' is not a Slack user ID"),
+    ({"ETCDBOT_APPROVER_USERS": '["U0BOB0001", "bob"]'}, "ETCDBOT_APPROVER_USERS: 'bob' is not a Slack user ID"),
+    ({"ETCDBOT_APPROVER_USERGROUP": "etcd approvers"}, "ETCDBOT_APPROVER_USERGROUP: 'etcd approvers' is not a user group"),
+    ({"ETCDBOT_ALLOWED_USERGROUP": "ops;rm"}, "ETCDBOT_ALLOWED_USERGROUP: 'ops;rm' is not a user group"),
     ({"ETCDBOT_HTTP_PORT": "99999"}, "ETCDBOT_HTTP_PORT:"),
     ({"ETCDBOT_LOCK_TIMEOUT": "1"}, "ETCDBOT_LOCK_TIMEOUT:"),
     ({"ETCDBOT_SLACK_APP_TOKEN": ""}, "ETCDBOT_SLACK_APP_TOKEN"),
@@ -85,6 +88,18 @@ def test_nested_cluster_errors_have_a_path(files):
     assert "ETCDBOT_CLUSTERS[0].kubeconfig: no such file: /nope/kubeconfig" in text
     assert "ETCDBOT_CLUSTERS[0].timezone" in text
     assert "ETCDBOT_CLUSTERS[0].ssh.hosts" in text
+
+
+def test_a_clusters_approvers_are_checked_and_the_group_handle_loses_its_at(files):
+    good = [cluster(files, approvers={"usergroup": "@etcd-approvers-lab", "users": ["U0CAROL01"]})]
+    settings = load_settings(environ=env(files, ETCDBOT_CLUSTERS=json.dumps(good)))
+    own = settings.approvers_of(good[0]["name"])
+    assert own.usergroup == "etcd-approvers-lab" and own.users == ("U0CAROL01",)
+    for approvers, expected in (({"users": ["carol"]}, "'carol' is not a Slack user ID"),
+                                ({"usergroup": "a b"}, "'a b' is not a user group")):
+        with pytest.raises(ConfigError) as error:
+            load_settings(environ=env(files, ETCDBOT_CLUSTERS=json.dumps([cluster(files, approvers=approvers)])))
+        assert "ETCDBOT_CLUSTERS[0].approvers" in str(error.value) and expected in str(error.value)
 
 
 def test_missing_required_say_what_to_set():
