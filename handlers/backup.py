@@ -10,7 +10,7 @@ progress message and audit), started from here because it is a word of `/etcd-ba
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,15 @@ from bot.notify import age_text
 from bot.procedure import Admission
 from bot.run_types import Busy, ProcedureFactory
 from bot.runner import Runner
-from handlers.common import CLUSTER_ARG, CommandSpec, counted, escape, mark_outcome, parse_for_cluster
+from handlers.common import (
+    CLUSTER_ARG,
+    CommandSpec,
+    Respond,
+    counted,
+    escape,
+    mark_outcome,
+    parse_for_cluster,
+)
 
 log = get_logger("etcdbot.backup")
 
@@ -34,8 +42,6 @@ LIST_SPEC = CommandSpec("/etcd-backups", (CLUSTER_ARG,))
 PRUNE_SPEC = CommandSpec("/etcd-backups prune", (CLUSTER_ARG,), flags=frozenset({"--dry-run"}))
 PRUNE = "prune"  # procedures/prune.py's name (handlers build procedures by name only)
 LIST_LIMIT = 25
-
-Respond = Callable[..., Awaitable[Any]]
 
 
 def drill_cell(record: BackupRecord) -> str:

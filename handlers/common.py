@@ -23,6 +23,7 @@ from bot.slacktext import escape
 log = get_logger("etcdbot.handlers")
 
 MAX_TEXT = 500
+Respond = Callable[..., Awaitable[Any]]  # Bolt's ack / respond / say, as the handlers call them
 
 
 class UsageError(ValueError):

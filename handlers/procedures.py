@@ -31,6 +31,7 @@ from handlers.common import (
     CLUSTER_ARG,
     Arg,
     CommandSpec,
+    Respond,
     command_context,
     counted,
     escape,
@@ -42,8 +43,6 @@ log = get_logger("etcdbot.procedures")
 
 OVERRIDE_ACTION = "admission_override"
 DRY_RUN = "--dry-run"
-
-Respond = Callable[..., Awaitable[Any]]
 
 
 def spec_of(registration: Registration) -> CommandSpec:
