@@ -26,7 +26,7 @@ from bot.audit import Audit
 from bot.locks import ClusterLock, LockLost, lock_holder, lock_value
 from bot.log import get_logger
 from bot.procedure import Procedure, RunId, Step, StepId, StepKind
-from bot.progress import ThrottledSender, who
+from bot.progress import ThrottledSender, render_run, run_text, who
 from bot.run_shared import _Live, _Stop
 from bot.run_types import Answer, Busy, ProcedureFactory, RunnerPolicy
 from bot.slacktext import escape
@@ -132,6 +132,28 @@ class RunRecovery:
                 await self.sender.post(channel=run.channel, text=text, thread_ts=run.message_ts)
             except Exception as exc:
                 log.warning("runner.stale_post_failed", run_id=run.id, error=str(exc))
+        await self._repaint_from_record(run.id)
+
+    async def _repaint_from_record(self, run_id: RunId) -> None:
+        """An edit of this instance's may have reached Slack after its successor's (it had passed
+        its owner check, or was on the wire, when this process paused), painting an old state over
+        the successor's, Resume button and all. So the stale instance paints the message once more
+        from the record its successor keeps, unless that record changed meanwhile (then the
+        successor paints the newer state itself)."""
+        try:
+            current = await self.store.load(run_id)
+        except (OSError, aioredis.RedisError) as exc:
+            log.warning("runner.repaint_failed", run_id=run_id, error=str(exc))
+            return
+        if current is None or not current.message_ts or current.owner == self.instance_id:
+            return
+
+        async def unchanged() -> bool:
+            now = await self.store.load(run_id)
+            return now is not None and now.owner != self.instance_id and now.updated_at == current.updated_at
+
+        self.sender.update(channel=current.channel, ts=current.message_ts, text=run_text(current),
+                           blocks=render_run(current), guard=unchanged)
 
     # -- abort, recovery, resume ---------------------------------------------------------------
     async def abort(self, run_id: str, *, by: str) -> Answer:

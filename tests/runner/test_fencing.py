@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 
 from bot.locks import lock_holder, lock_key, lock_value
 from bot.procedure import StepContext, StepKind, StepResult
+from bot.progress import render_run, run_text
 from bot.run_types import RunnerPolicy
 from bot.store import Run, RunState, StepState
 from bot.tasks import cancel_and_wait
@@ -27,6 +29,7 @@ from tests.runner.conftest import (
     Bot,
     BotFactory,
     Calls,
+    action_ids,
     blocks_text,
     crash,
     message,
@@ -114,10 +117,23 @@ async def test_no_adoption_while_the_lock_lives_and_a_paused_bot_acts_no_more(ma
     assert adopted.owner == "second" and adopted.state is RunState.INTERRUPTED
     assert (await lock_value(rds, cluster="prod")).token > first_token
 
+    await until(lambda: ": interrupted (run" in message(workspace, run.message_ts).text,
+                what="the second to show the run interrupted")
+    # An edit of the first that had passed its owner check when it paused lands now, painting
+    # "running" over the second's message...
+    late = replace(run, state=RunState.RUNNING, updated_at=time.time())
+    first.runner.sender.update(channel=run.channel, ts=run.message_ts, text=run_text(late), blocks=render_run(late))
+    await until(lambda: ": running (run" in message(workspace, run.message_ts).text,
+                what="the first's late edit to land")
+
     go_on.set()  # the first is continued: its token is stale, it acts no more and says so
     thread = await until(lambda: [m for m in workspace.recorder.messages.values()
                                   if m.thread_ts == run.message_ts and "lost run" in m.text], what="the first says so")
     assert "first" in thread[0].text and f"fencing token {first_token}" in thread[0].text
+    # ... and the stale first paints the message back from the second's record.
+    shown = await until(lambda: (m := message(workspace, run.message_ts)) and ": interrupted (run" in m.text and m,
+                        what="the message to show the second's state again")
+    assert "run_rerun_step" in action_ids(shown.blocks)  # the second's buttons, not the first's Abort alone
     assert acted == [] and calls["s2"] == 0
     stored = await second.runner.store.load(run.id)
     assert stored is not None and stored.owner == "second" and stored.state is RunState.INTERRUPTED
