@@ -125,6 +125,7 @@ class RunRecovery:
             await live.lock.stop_renewal()
         token = token if token is not None else (live.lock.token if live is not None and live.lock else None)
         log.error("runner.stale", run_id=run.id, instance=self.instance_id, token=token, why=why)
+        await self._repaint_from_record(run.id)
         if run.message_ts:
             text = (f":warning: Bot instance `{self.instance_id}` lost run `{run.id}` (its fencing token {token} is "
                     f"stale; {why}). It stopped what it was doing and does nothing more for this run.")
@@ -132,7 +133,6 @@ class RunRecovery:
                 await self.sender.post(channel=run.channel, text=text, thread_ts=run.message_ts)
             except Exception as exc:
                 log.warning("runner.stale_post_failed", run_id=run.id, error=str(exc))
-        await self._repaint_from_record(run.id)
 
     async def _repaint_from_record(self, run_id: RunId) -> None:
         """An edit of this instance's may have reached Slack after its successor's (it had passed
@@ -154,6 +154,10 @@ class RunRecovery:
 
         self.sender.update(channel=current.channel, ts=current.message_ts, text=run_text(current),
                            blocks=render_run(current), guard=unchanged)
+        try:  # delivered before this stale instance says it is done (it may be stopped next)
+            await self.sender.flush(channel=current.channel, ts=current.message_ts, timeout=self.policy.flush_timeout)
+        except TimeoutError:
+            log.warning("runner.repaint_not_delivered", run_id=run_id)
 
     # -- abort, recovery, resume ---------------------------------------------------------------
     async def abort(self, run_id: str, *, by: str) -> Answer:
