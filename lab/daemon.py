@@ -143,6 +143,7 @@ class LabDaemon:
         for node in (*self.spec.masters, *self.spec.workers):
             await self.add_host(node, prepared=True)  # lay_down prepared every host root
         hosts = time.monotonic()
+        await self._wait_for_redis()
         await self._wait_for_members()
         members = time.monotonic()
         await self._seed()
@@ -177,6 +178,37 @@ class LabDaemon:
             start_new_session=True,
         )
         self.record_pid(self.redis.pid)
+
+    async def _wait_for_redis(self) -> None:
+        """redis-server answers PING on its port. Its port was free when the spec was written, but
+        another lab starting beside this one may have taken it since: then redis-server exits
+        ("Address already in use") and whatever holds the port answers instead. Either way `up`
+        fails saying so, so that the caller can start the lab again on other ports."""
+        deadline = time.monotonic() + READY_DEADLINE_SECONDS
+        port, last = self.spec.redis_port, ""
+        while time.monotonic() < deadline:
+            assert self.redis is not None
+            if self.redis.returncode is not None:
+                log = (self.dir / "logs" / "redis.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"redis-server exited at start ({self.redis.returncode}): {' / '.join(log)}")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+                try:
+                    writer.write(b"PING\r\n")
+                    answer = await asyncio.wait_for(reader.readline(), 2.0)
+                finally:
+                    writer.close()
+                if answer.startswith(b"+PONG"):
+                    return
+                if answer and not answer.startswith(b"-LOADING"):
+                    raise RuntimeError(f"127.0.0.1:{port}, the lab's Redis port, answers as another server "
+                                       f"({answer[:40]!r}): address already in use")
+                last = answer.decode(errors="replace").strip()
+            except (OSError, TimeoutError) as exc:
+                last = str(exc)
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer PING on 127.0.0.1:{port} within "
+                           f"{READY_DEADLINE_SECONDS:.0f} s (last: {last})")
 
     async def _wait_for_members(self) -> None:
         """Every member healthy, as an installed cluster is: a lab that says ready with a member still

@@ -163,7 +163,7 @@ def start_lab(lab_dir: Path, *extra: str, attempts: int = 3) -> Lab:
             return Lab(dir=where, env=parse_env(proc.stdout))
         log = (where / "logs" / "daemon.log")
         tail = log.read_text()[-3000:] if log.exists() else ""
-        if "address already in use" not in proc.stderr + tail or attempt == attempts:
+        if "address already in use" not in (proc.stderr + tail).lower() or attempt == attempts:
             raise AssertionError(f"etcdbot-lab up failed: {proc.stderr}\n{tail}")
         subprocess.run([*lab_cli(), "down", "--dir", str(where)], capture_output=True, text=True, timeout=90, cwd=ROOT)
     raise AssertionError("unreachable")
