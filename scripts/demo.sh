@@ -13,7 +13,9 @@ else
   $BIN/etcdbot-lab up --dir "$LAB_DIR" >/dev/null
 fi
 mkdir -p "$LAB_DIR/logs"
-$BIN/etcdbot run --env-file "$LAB_DIR/env" >>"$LAB_DIR/logs/bot.log" 2>&1 &
+LOG="$LAB_DIR/logs/bot.log"
+LOG_START=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+$BIN/etcdbot run --env-file "$LAB_DIR/env" >>"$LOG" 2>&1 &
 BOT=$!
 cleanup() {
   kill "$BOT" 2>/dev/null || true
@@ -22,6 +24,20 @@ cleanup() {
   $BIN/etcdbot-lab down --dir "$LAB_DIR" >/dev/null || true
 }
 trap cleanup EXIT
+# The console's first command must find the bot connected (else the workspace answers
+# "dispatch_failed", as Slack does): wait for its Socket Mode session, at most 60 s.
+echo "starting the bot ..." >&2
+for _ in $(seq 1 120); do
+  if tail -c +$((LOG_START + 1)) "$LOG" | grep 'session (.*) has been established' >/dev/null; then break; fi
+  if ! kill -0 "$BOT" 2>/dev/null; then
+    echo "the bot exited at start; the end of $LOG:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+tail -c +$((LOG_START + 1)) "$LOG" | grep 'session (.*) has been established' >/dev/null \
+  || echo "the bot has not connected to the lab's Slack within 60 s (see $LOG); commands may fail until it does" >&2
 cat >&2 <<MSG
 
 etcdbot is running against a local OpenShift 4.5 lab (bot log: $LAB_DIR/logs/bot.log).
