@@ -194,6 +194,8 @@ def check_user_ids(values: tuple[str, ...]) -> tuple[str, ...]:
         if not SLACK_USER_ID_RE.fullmatch(user):
             raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
     return values
+
+
 # -- approvals (engine): who may approve a cluster's destructive steps -------------------------------
 
 

@@ -119,7 +119,8 @@ class RunRecovery:
             log.warning("runner.audit_failed", run_id=run.id)
 
     async def _stale(self, run: Run, why: str, *, token: int | None = None) -> None:
-        """Another instance drives this run now: say so in the thread and stop, writing nothing."""
+        """Another instance drives this run now: repaint its message from the successor's record,
+        say so in the thread and stop, writing no record."""
         live = self._live.pop(run.id, None)
         if live is not None and live.lock is not None:
             await live.lock.stop_renewal()

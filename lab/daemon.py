@@ -186,8 +186,8 @@ class LabDaemon:
         fails saying so, so that the caller can start the lab again on other ports."""
         deadline = time.monotonic() + READY_DEADLINE_SECONDS
         port, last = self.spec.redis_port, ""
+        assert self.redis is not None, "_start_redis first"
         while time.monotonic() < deadline:
-            assert self.redis is not None
             if self.redis.returncode is not None:
                 log = (self.dir / "logs" / "redis.log").read_text(errors="replace").strip().splitlines()[-3:]
                 raise RuntimeError(f"redis-server exited at start ({self.redis.returncode}): {' / '.join(log)}")

@@ -2,7 +2,8 @@
 addresses a node's serving certificate may name.
 
 Shared by the shutdown (every node, masters and workers, to power off), the restart check
-(masters Ready first, then workers; the CSR review) and the CSR approval (every node Ready). Parsing is pure and unit-tested.
+(masters Ready first, then workers; the CSR review) and the CSR approval (every node Ready).
+Parsing is pure and unit-tested.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ approved too. So the loop is two rounds, each a review step (it waits, within `c
 the nodes it expects to file their CSR) and an approval step. An approval step is destructive:
 the runner asks another person first, with the plan naming every CSR it will approve (and the
 suspicious ones it never will); with no valid CSR pending its plan sends nothing, and the runner
-asks nobody (it checks again right before the step, and asks if a valid CSR appeared by then); at run time it approves exactly the valid pending CSRs, which
-is the same list unless the cluster changed (then the engine asks again). Approving a CSR that
+asks nobody (it checks again right before the step, and asks if a valid CSR appeared by then).
+At run time it approves exactly the valid pending CSRs, which is the same list unless the
+cluster changed (then the engine asks again). Approving a CSR that
 is already approved does nothing, so both steps are safe to repeat.
 
 Used by procedures/restart_check.py (chapter 4) and procedures/approve_csrs.py (5.4).

@@ -26,9 +26,10 @@ cleanup() {
 trap cleanup EXIT
 # The console's first command must find the bot connected (else the workspace answers
 # "dispatch_failed", as Slack does): wait for its Socket Mode session, at most 60 s.
+connected() { tail -c +$((LOG_START + 1)) "$LOG" | grep 'session (.*) has been established' >/dev/null; }
 echo "starting the bot ..." >&2
 for _ in $(seq 1 120); do
-  if tail -c +$((LOG_START + 1)) "$LOG" | grep 'session (.*) has been established' >/dev/null; then break; fi
+  if connected; then break; fi
   if ! kill -0 "$BOT" 2>/dev/null; then
     echo "the bot exited at start; the end of $LOG:" >&2
     tail -n 20 "$LOG" >&2
@@ -36,8 +37,7 @@ for _ in $(seq 1 120); do
   fi
   sleep 0.5
 done
-tail -c +$((LOG_START + 1)) "$LOG" | grep 'session (.*) has been established' >/dev/null \
-  || echo "the bot has not connected to the lab's Slack within 60 s (see $LOG); commands may fail until it does" >&2
+connected || echo "the bot has not connected to the lab's Slack within 60 s (see $LOG); commands may fail until it does" >&2
 cat >&2 <<MSG
 
 etcdbot is running against a local OpenShift 4.5 lab (bot log: $LAB_DIR/logs/bot.log).

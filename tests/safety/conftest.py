@@ -130,7 +130,10 @@ class Harness:
     def hold_stop(self, held: bool = True) -> None:
         """Keeps the approval group's first step ("stop") running until called with False."""
         path = self.workdir / "hold-stop"
-        path.touch() if held else path.unlink(missing_ok=True)
+        if held:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture
