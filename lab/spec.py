@@ -8,6 +8,7 @@ of recomputing anything.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import socket
 import time
@@ -28,11 +29,31 @@ def node_name_for_ip(ip: str) -> str:
     return "ip-" + ip.replace(".", "-") + ".ec2.internal"
 
 
+PORTS_BELOW_EPHEMERAL = 12000  # how many ports under the kernel's ephemeral range the lab picks from
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, chosen below the kernel's ephemeral
+    range: a lab's etcd, sshd or Redis that is killed and started again (faults, power cycles)
+    must find its port free, and a port in the ephemeral range can meanwhile be the local end of
+    any outgoing connection on the machine (CI saw a restarted etcd fail "address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(max(1024, low - PORTS_BELOW_EPHEMERAL), low - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 below {low} after 200 tries")
 
 
 @dataclass(frozen=True)
